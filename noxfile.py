@@ -1,0 +1,202 @@
+"""Every way Fuseline is built, checked and tested.
+
+Run ``nox -l`` for the list of sessions, or use ``python3 dev.py`` which
+installs nox and uv into ``.venv-dev/`` first. Sessions run on Python 3.11 by
+default; use ``nox --force-python 3.13 -s tests`` for another interpreter.
+Development dependencies live in the ``[dependency-groups]`` table of the root
+``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = False
+nox.options.error_on_external_run = True
+# A missing interpreter must fail the run, not skip the session with success.
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["lint", "typecheck", "tests", "packaging", "docs"]
+
+ROOT = Path(__file__).resolve().parent
+PYTHON = "3.11"
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+
+# Installed together in editable mode by the sessions that run the code. The
+# four share the `fuseline` import package. Each editable install is a .pth
+# file that puts its package's src/ on sys.path (`dev-mode-dirs = ["src"]`).
+# `import fuseline` finds core's src/fuseline/__init__.py, the only regular
+# package among the four src/fuseline directories, and its first line
+# (pkgutil.extend_path) appends the other three to `fuseline.__path__`. See
+# "How the namespace split works" in docs/development.md.
+EDITABLE_PACKAGES = (
+    "-e",
+    "packages/fuseline-core",
+    "-e",
+    "packages/fuseline-client",
+    "-e",
+    "packages/fuseline-broker[postgres]",
+    "-e",
+    "packages/fuseline-worker",
+)
+DISTRIBUTION_DIRS = (
+    "packages/fuseline-core",
+    "packages/fuseline-client",
+    "packages/fuseline-broker",
+    "packages/fuseline-worker",
+    "packages/fuseline",
+)
+SOURCE_DIRS = (
+    "packages/fuseline-core/src",
+    "packages/fuseline-client/src",
+    "packages/fuseline-broker/src",
+    "packages/fuseline-worker/src",
+)
+# One package from each distribution's share of the namespace: if the split
+# is broken, this fails right after the install with a clear traceback.
+IMPORT_CHECK = (
+    "import fuseline, fuseline.clients, fuseline.broker, fuseline.storage, fuseline.worker"
+)
+
+
+def install_groups(session: nox.Session, *groups: str) -> None:
+    """Install development dependency groups from the root pyproject.toml."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, *groups))
+
+
+def install_editable(session: nox.Session) -> None:
+    """Install the four code distributions in editable mode and prove they import."""
+    session.install(*EDITABLE_PACKAGES)
+    session.run("python", "-c", IMPORT_CHECK)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite against editable installs; arguments go to pytest."""
+    install_editable(session)
+    install_groups(session, "test")
+    session.run("pytest", *session.posargs, env={"FUSELINE_TEST_INSTALL": "editable"})
+
+
+@nox.session(python=PYTHON)
+def packaging(session: nox.Session) -> None:
+    """Build every wheel and sdist, check them, then test against the installed wheels.
+
+    Arguments go to the pytest run of tests-integration/ in the environment
+    where ``fuseline[all]`` was installed from the built wheels.
+    """
+    tmp = Path(session.create_tmp())
+    dist_dir = tmp / "dist"
+    envs_dir = tmp / "envs"
+    for directory in (dist_dir, envs_dir):
+        if directory.exists():
+            shutil.rmtree(directory)
+
+    uv = uv_executable(session)
+    if uv is None:
+        session.install("build")
+    for package in DISTRIBUTION_DIRS:
+        # Both tools build the sdist first and the wheel from the sdist, so a
+        # file missing from an sdist breaks the build here.
+        if uv is not None:
+            session.run("uv", "build", "--quiet", package, "--out-dir", str(dist_dir))
+        else:
+            session.run("python", "-m", "build", package, "--outdir", str(dist_dir))
+
+    check = ["python", "scripts/check_wheels.py", str(dist_dir), "--work-dir", str(envs_dir)]
+    check += ["--uv", uv] if uv is not None else ["--pip"]
+    session.run(*check)
+
+    # The integration suites also run against the wheels, not just the source trees.
+    everything = envs_dir / "fuseline-all"
+    python = str(everything / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python"))
+    test_deps = nox.project.dependency_groups(PYPROJECT, "test")
+    if uv is not None:
+        session.run("uv", "pip", "install", "--quiet", "--python", python, *test_deps)
+    else:
+        session.run(python, "-m", "pip", "install", "--quiet", *test_deps, external=True)
+    session.run(
+        python,
+        "-m",
+        "pytest",
+        "tests-integration",
+        *session.posargs,
+        env={"FUSELINE_TEST_INSTALL": "wheels"},
+        external=True,
+    )
+
+
+def uv_executable(session: nox.Session) -> str | None:
+    """The uv that nox uses for this session, or None with the virtualenv backend."""
+    if session.venv_backend != "uv":
+        return None
+    # nox found uv next to itself or on PATH; `nox.virtualenv.UV` is that path.
+    uv = getattr(nox.virtualenv, "UV", "uv")
+    return shutil.which(uv) or uv
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Check style and formatting with ruff (no changes are made)."""
+    install_groups(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Type-check every src directory with mypy in strict mode."""
+    install_editable(session)
+    install_groups(session, "typecheck")
+    # The [tool.mypy] table lists the four src directories in both `files` and
+    # `mypy_path`, with explicit package bases, so that `fuseline.clients` and
+    # friends resolve across directories. Passing the directories here as
+    # well keeps the command explicit.
+    session.run("mypy", *SOURCE_DIRS, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation with mkdocs in strict mode (warnings are errors)."""
+    install_editable(session)
+    install_groups(session, "docs")
+    # Material for MkDocs prints a banner about its successor on every build.
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Run examples/demo.py: embedded broker, worker processes, a branching workflow."""
+    demo_script = ROOT / "examples" / "demo.py"
+    if not demo_script.exists():
+        session.error(
+            f"{demo_script.relative_to(ROOT)} does not exist yet, so there is no demo to run"
+        )
+    install_editable(session)
+    session.run("python", str(demo_script), *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def bump_version(session: nox.Session) -> None:
+    """Set the version of every distribution: `nox -s bump_version -- X.Y.Z`.
+
+    This is the one place where a version is set: it rewrites each
+    packages/*/pyproject.toml and every `==` pin between Fuseline distributions.
+    """
+    if len(session.posargs) != 1:
+        session.error("usage: nox -s bump_version -- X.Y.Z")
+    session.run(sys.executable, "scripts/bump_version.py", session.posargs[0], external=True)
+
+
+# Sessions still to come (DESIGN.md section 7):
+#
+# - `chaos`: start real broker and worker processes, kill and restart them
+#   (and PostgreSQL) while runs are in flight, and assert that nothing
+#   acknowledged is lost and nothing stays RUNNING forever.
+# - `bench`: the benchmark suite; speed is measured there, never by timed
+#   asserts in the tests. Results go to bench-results/ (git-ignored).

@@ -1,0 +1,248 @@
+"""The route handlers: each translates one validated request into broker calls.
+
+Handlers hold no state of their own: everything lives in the broker's
+storage, so any number of server processes can answer any request.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from urllib.parse import quote
+
+from fuseline.broker.http._context import CallContext, FullBroker, Reply
+from fuseline.broker.http._errors import HttpError
+from fuseline.broker.http._parsing import json_size
+from fuseline.broker.http._queries import RunListQuery, RunWaitQuery, WorkflowListQuery
+from fuseline.clients._base import find_workflow
+from fuseline.clients.wire import (
+    API_PREFIX,
+    IDEMPOTENCY_HEADER,
+    ClaimRequest,
+    ClaimResponse,
+    DispatchRequest,
+    DispatchSchema,
+    DispatchStored,
+    Health,
+    HeartbeatRequest,
+    RegisterWorkerRequest,
+    RegisterWorkerResponse,
+    ReportRequest,
+    ReportResponse,
+    RunCreated,
+    WorkerList,
+    WorkflowList,
+)
+from fuseline.errors import InvalidInputError, PayloadTooLargeError, WaitTimeoutError
+from fuseline.messages import KeepAliveReply
+from fuseline.workflow import WorkflowSchema
+
+__all__ = [
+    "cancel_run",
+    "claim_steps",
+    "dispatch_run",
+    "get_run",
+    "get_workflow",
+    "health",
+    "heartbeat",
+    "list_runs",
+    "list_workers",
+    "list_workflows",
+    "register_worker",
+    "report_step",
+    "wait_for_run",
+]
+
+# Long polls are cut into slices this long, so that a shutting-down process
+# answers its waiting workers within about a second instead of holding them.
+WAIT_SLICE_SECONDS = 1.0
+_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+def _too_large(message: str, size: int, limit: int) -> HttpError:
+    return HttpError(413, PayloadTooLargeError(message, details={"size": size, "limit": limit}))
+
+
+def _check_schema(ctx: CallContext, schema: WorkflowSchema) -> None:
+    limit = ctx.config.limits.max_schema_steps
+    if len(schema.steps) > limit:
+        raise _too_large(
+            f"Workflow {schema.workflow_id!r} has {len(schema.steps)} steps; this broker "
+            f"accepts at most {limit} per schema.",
+            len(schema.steps),
+            limit,
+        )
+
+
+def _check_value(ctx: CallContext, value: object, what: str) -> None:
+    limit = ctx.config.limits.max_result_bytes
+    size = json_size(value)
+    if size > limit:
+        raise _too_large(
+            f"The {what} is {size} bytes of JSON; this broker accepts at most {limit}. "
+            "Store large data elsewhere and pass a reference.",
+            size,
+            limit,
+        )
+
+
+# -- health --------------------------------------------------------------------------
+
+
+async def health(ctx: CallContext) -> Reply:
+    """Whether this process is up; touches no database."""
+    from fuseline import __version__
+
+    return Reply(Health(version=__version__, storage=ctx.storage))
+
+
+# -- workers -------------------------------------------------------------------------
+
+
+async def register_worker(ctx: CallContext) -> Reply:
+    """Store the worker's schemas and give it an id."""
+    body = ctx.body_as(RegisterWorkerRequest)
+    for schema in body.workflows:
+        _check_schema(ctx, schema)
+    worker_id = await ctx.run(ctx.broker.register_worker, body.workflows, name=body.name)
+    return Reply(RegisterWorkerResponse(worker_id=worker_id), status=201)
+
+
+async def claim_steps(ctx: CallContext) -> Reply:
+    """Hand out ready steps, holding the request until one is ready or time is up."""
+    body = ctx.body_as(ClaimRequest)
+    worker_id = ctx.path["worker_id"]
+    wait = min(body.wait, ctx.config.limits.max_wait_seconds)
+    deadline = time.monotonic() + wait
+    while True:
+        remaining = max(0.0, deadline - time.monotonic())
+        piece = min(remaining, WAIT_SLICE_SECONDS)
+        call = ctx.run_waiting if piece > 0 else ctx.run
+        found = await call(ctx.broker.get_steps, worker_id, max_steps=body.max_steps, wait=piece)
+        if found or piece >= remaining or ctx.state.stopping.is_set():
+            return Reply(ClaimResponse(assignments=found))
+
+
+async def report_step(ctx: CallContext) -> Reply:
+    """Record a step's outcome, and claim the next step when asked to."""
+    body = ctx.body_as(ReportRequest)
+    _check_value(ctx, body.report.result, f"result of step {body.report.step_name!r}")
+    following = await ctx.run(
+        ctx.broker.report_step, ctx.path["worker_id"], body.report, claim_next=body.claim_next
+    )
+    return Reply(ReportResponse(next=following))
+
+
+async def heartbeat(ctx: CallContext) -> Reply:
+    """Extend the worker's leases and tell it which ones it lost or must cancel."""
+    body = ctx.body_as(HeartbeatRequest)
+    reply = await ctx.run(ctx.broker.keep_alive, ctx.path["worker_id"], body.lease_tokens)
+    # A broker written for the seeds' interface may answer a heartbeat with None.
+    return Reply(reply if reply is not None else KeepAliveReply())
+
+
+async def list_workers(ctx: CallContext) -> Reply:
+    """Every registered worker."""
+    return Reply(WorkerList(items=await ctx.run(ctx.broker.list_workers)))
+
+
+# -- workflows -----------------------------------------------------------------------
+
+
+async def list_workflows(ctx: CallContext) -> Reply:
+    """Stored schemas, optionally only the versions of one workflow."""
+    query = ctx.query_as(WorkflowListQuery)
+    schemas = await ctx.run(ctx.broker.list_workflows)
+    if query.workflow_id is not None:
+        schemas = [s for s in schemas if s.workflow_id == query.workflow_id]
+    return Reply(WorkflowList(items=schemas))
+
+
+async def get_workflow(ctx: CallContext) -> Reply:
+    """One stored schema by id and version."""
+    schemas = await ctx.run(ctx.broker.list_workflows)
+    return Reply(find_workflow(schemas, ctx.path["workflow_id"], ctx.path["version"]))
+
+
+# -- runs ----------------------------------------------------------------------------
+
+
+def _idempotency_key(ctx: CallContext, body: DispatchSchema | DispatchStored) -> str | None:
+    header = ctx.headers.get(IDEMPOTENCY_HEADER.lower())
+    if header is not None and not _KEY_PATTERN.match(header):
+        raise HttpError(
+            422,
+            InvalidInputError(
+                f"The {IDEMPOTENCY_HEADER} header must be 1 to 200 visible ASCII characters."
+            ),
+        )
+    if header is not None and body.idempotency_key is not None and header != body.idempotency_key:
+        raise HttpError(
+            422,
+            InvalidInputError(
+                f"The {IDEMPOTENCY_HEADER} header and the body's idempotency_key differ; "
+                "send one of them, or the same key in both."
+            ),
+        )
+    return header if header is not None else body.idempotency_key
+
+
+def _stored_schema(broker: FullBroker, workflow_id: str, version: str | None) -> WorkflowSchema:
+    return find_workflow(broker.list_workflows(), workflow_id, version)
+
+
+async def dispatch_run(ctx: CallContext) -> Reply:
+    """Start a run of the schema sent, or of a stored schema picked by id and version."""
+    body = ctx.body_as(DispatchRequest).root
+    key = _idempotency_key(ctx, body)
+    _check_value(ctx, body.inputs, "set of workflow inputs")
+    if isinstance(body, DispatchSchema):
+        schema = body.workflow
+        _check_schema(ctx, schema)
+    else:
+        schema = await ctx.run(_stored_schema, ctx.broker, body.workflow_id, body.version)
+    run_id = await ctx.run(ctx.broker.dispatch_workflow, schema, body.inputs, idempotency_key=key)
+    created = RunCreated(
+        run_id=run_id, workflow_id=schema.workflow_id, workflow_version=schema.version
+    )
+    location = f"{API_PREFIX}/runs/{quote(run_id, safe='')}"
+    return Reply(created, status=201, headers={"Location": location})
+
+
+async def list_runs(ctx: CallContext) -> Reply:
+    """A page of runs, newest first."""
+    query = ctx.query_as(RunListQuery)
+    page = await ctx.run(
+        ctx.broker.list_runs,
+        workflow_id=query.workflow_id,
+        status=query.status,
+        limit=query.limit,
+        cursor=query.cursor,
+    )
+    return Reply(page)
+
+
+async def get_run(ctx: CallContext) -> Reply:
+    """One run with its steps and, once finished, its result."""
+    return Reply(await ctx.run(ctx.broker.get_run, ctx.path["run_id"]))
+
+
+async def wait_for_run(ctx: CallContext) -> Reply:
+    """The run once it is finished, or as it stands when the wait is over."""
+    query = ctx.query_as(RunWaitQuery)
+    run_id = ctx.path["run_id"]
+    deadline = time.monotonic() + min(query.timeout, ctx.config.limits.max_wait_seconds)
+    while not ctx.state.stopping.is_set():
+        piece = min(deadline - time.monotonic(), WAIT_SLICE_SECONDS)
+        if piece <= 0:
+            break
+        try:
+            return Reply(await ctx.run_waiting(ctx.broker.wait_for_run, run_id, timeout=piece))
+        except WaitTimeoutError:
+            continue
+    return Reply(await ctx.run(ctx.broker.get_run, run_id))
+
+
+async def cancel_run(ctx: CallContext) -> Reply:
+    """Cancel a run: pending steps at once, running ones at their next heartbeat."""
+    return Reply(await ctx.run(ctx.broker.cancel_run, ctx.path["run_id"]))

@@ -1,0 +1,225 @@
+"""Running the server: a supervisor process and the server processes it starts.
+
+The supervisor parses the settings, creates the storage's tables once, binds
+the port, then forks ``--processes`` server processes that share the socket.
+It never serves requests itself. On SIGTERM or SIGINT it closes a pipe that
+every server process watches; each one stops answering long polls, waits up
+to ``--shutdown-grace`` seconds for requests in flight, closes its broker and
+exits. A second signal, or a process that does not stop in time, is killed.
+A server process that dies on its own takes the whole server down (exit
+status 1), so that the process manager restarts it in a known state.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any, cast
+
+from fuseline.broker.http._config import ConfigError, ServerConfig, parse_config
+from fuseline.broker.http._context import FullBroker
+from fuseline.broker.http._pipeline import Service
+from fuseline.broker.http._robyn import bind, build_app, serve_on, silence_robyn
+from fuseline.broker.http._storage import StorageTarget, open_broker, storage_target
+
+__all__ = ["main", "serve"]
+
+log = logging.getLogger("fuseline.broker.http")
+
+# Time a process gets to exit after its grace period before it is killed.
+_KILL_MARGIN = 2.0
+_POLL = 0.25
+_FLUSH_SECONDS = 0.25
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m fuseline.broker.http``; returns the exit status.
+
+    Exit statuses: 0 after a requested stop, 1 when the server could not start
+    or a server process died, 2 for invalid settings.
+    """
+    try:
+        config = parse_config(argv)
+        target = storage_target(config.database_url)
+    except ConfigError as exc:
+        print(f"fuseline broker: {exc}", file=sys.stderr)
+        return 2
+    return serve(config, target)
+
+
+def _setup_logging(level_name: str) -> None:
+    level = logging.getLevelName(level_name)
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+    logging.getLogger().setLevel(level)
+    silence_robyn(level)
+
+
+def serve(config: ServerConfig, target: StorageTarget | None = None) -> int:
+    """Run the server until SIGTERM or SIGINT; returns the exit status."""
+    _setup_logging(config.log_level)
+    target = target or storage_target(config.database_url)
+    _warn_about_access(config)
+    try:
+        # Create the tables once, before several processes could race to.
+        open_broker(target).close()
+    except Exception as exc:
+        log.error(
+            "Cannot open the storage (%s): %s: %s", target.description, type(exc).__name__, exc
+        )
+        return 1
+    try:
+        socket = bind(config.host, config.port)
+    except Exception as exc:
+        log.error("Cannot listen on %s:%d: %s", config.host, config.port, exc)
+        return 1
+    log.info(
+        "Fuseline broker listening on http://%s:%d (%d process%s); storage: %s",
+        config.host,
+        config.port,
+        config.processes,
+        "" if config.processes == 1 else "es",
+        target.description,
+    )
+    if config.docs:
+        log.info("API description at http://%s:%d/docs", config.host, config.port)
+    return _supervise(config, target, socket)
+
+
+def _warn_about_access(config: ServerConfig) -> None:
+    if config.auth_enabled:
+        if not config.worker_tokens:
+            log.warning("No worker token is configured: no worker can register or take steps.")
+        if not config.client_tokens:
+            log.warning("No client token is configured: no application can dispatch runs.")
+        return
+    if config.loopback_only:
+        log.warning(
+            "No tokens are configured, so every request is accepted; listening on %s "
+            "(this machine only). Set FUSELINE_WORKER_TOKEN and FUSELINE_CLIENT_TOKEN "
+            "before exposing the broker.",
+            config.host,
+        )
+    else:
+        log.warning(
+            "No tokens are configured and --allow-unauthenticated-remote is set: anyone "
+            "who can reach %s:%d can run and cancel workflows.",
+            config.host,
+            config.port,
+        )
+
+
+def _supervise(config: ServerConfig, target: StorageTarget, socket: Any) -> int:
+    stop_read, stop_write = os.pipe()
+    context = multiprocessing.get_context("fork")
+    children = []
+    for index in range(config.processes):
+        child = context.Process(
+            target=_server_process,
+            args=(config, target, socket.try_clone(), stop_read, stop_write),
+            name=f"fuseline-broker-{index}",
+        )
+        child.start()
+        children.append(child)
+    os.close(stop_read)
+
+    stop = threading.Event()
+    force = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            force.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    status = 0
+    while not stop.is_set():
+        dead = [c for c in children if not c.is_alive()]
+        if dead:
+            log.error(
+                "Server process %s exited with status %s; stopping the broker.",
+                dead[0].name,
+                dead[0].exitcode,
+            )
+            status = 1
+            break
+        stop.wait(_POLL)
+
+    log.info("Stopping: requests in flight get up to %.1f s.", config.shutdown_grace)
+    os.close(stop_write)
+    deadline = time.monotonic() + config.shutdown_grace + _KILL_MARGIN
+    for child in children:
+        while child.is_alive() and time.monotonic() < deadline and not force.is_set():
+            child.join(_POLL)
+    for child in children:
+        if child.is_alive():
+            log.warning("Server process %s did not stop in time; killing it.", child.name)
+            child.kill()
+            child.join()
+    log.info("Stopped.")
+    return status
+
+
+def _server_process(
+    config: ServerConfig, target: StorageTarget, socket: Any, stop_read: int, stop_write: int
+) -> None:
+    # Only the supervisor holds the pipe's write end, so that its exit (or
+    # its closing the pipe) is seen here as end-of-file.
+    os.close(stop_write)
+    # A Ctrl+C reaches the whole process group; the supervisor decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    broker = cast(FullBroker, open_broker(target))
+    service = Service(config, broker, target.kind)
+    app = build_app(config, service)
+    watcher = threading.Thread(
+        target=_stop_when_told,
+        args=(stop_read, service, config.shutdown_grace),
+        name="fuseline-stop",
+        daemon=True,
+    )
+    watcher.start()
+    serve_on(app, socket)
+
+
+def _stop_when_told(stop_read: int, service: Service, grace: float) -> None:
+    while True:
+        try:
+            if not os.read(stop_read, 64):
+                break
+        except InterruptedError:
+            continue
+    service.state.stopping.set()
+    # Robyn's web server (actix) stops accepting connections and closes idle
+    # ones on SIGTERM, while requests in flight go on; its handler is in place
+    # once the server runs.
+    os.kill(os.getpid(), signal.SIGTERM)
+    if not service.state.wait_idle(grace):
+        log.warning(
+            "%d request(s) still running after %.1f s; stopping anyway.",
+            service.state.inflight,
+            grace,
+        )
+    # A handler that has returned may not have had its response written to
+    # the socket yet, and the web server offers no signal for that.
+    time.sleep(_FLUSH_SECONDS)
+    try:
+        service.close()
+    except Exception:
+        log.exception("Closing the broker failed")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    # The web server runs in threads the Robyn runtime owns and offers no way
+    # to stop from here; leaving the process directly is the clean way out.
+    os._exit(0)

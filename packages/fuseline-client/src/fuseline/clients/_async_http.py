@@ -1,0 +1,289 @@
+"""``AsyncHttpBrokerClient``: the HTTP client for asyncio code."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import httpx
+
+from fuseline.clients import _http_calls as calls
+from fuseline.clients._base import WorkflowRef, find_workflow, schema_of
+from fuseline.clients._http_calls import RETRYABLE_STATUSES, Call, error_from_response
+from fuseline.clients._http_common import (
+    DEFAULT_MAX_WAIT_PER_REQUEST,
+    DEFAULT_TIMEOUT,
+    MIN_POLL_SPACING,
+    Deadline,
+    HttpSettings,
+    build_request,
+    check_wait,
+    claim_size,
+    dispatch_request,
+    make_backoff,
+    new_idempotency_key,
+)
+from fuseline.clients._retry import Backoff, reached_server, retry_after_seconds
+from fuseline.clients.wire import DispatchRequest, DispatchSchema, DispatchStored, Health
+from fuseline.messages import (
+    KeepAliveReply,
+    RunDetails,
+    RunPage,
+    StepAssignment,
+    StepReport,
+    WorkerInfo,
+)
+from fuseline.status import Status
+from fuseline.workflow import WorkflowSchema
+
+__all__ = ["AsyncHttpBrokerClient"]
+
+T = TypeVar("T")
+
+
+class AsyncHttpBrokerClient:
+    """The methods of :class:`~fuseline.clients.HttpBrokerClient`, as coroutines.
+
+    Use it as ``async with AsyncHttpBrokerClient(url, token) as client: ...``
+    or call ``await client.close()`` when done. Retries, timeouts and errors
+    behave exactly as in the sync client.
+
+    Args:
+        base_url: The broker's address, e.g. ``http://localhost:8000``.
+        token: Bearer token (worker or client role).
+        timeout: Seconds allowed to connect, send and read one response.
+        retries: How many times a failed call is tried again.
+        backoff: Pauses between retries.
+        headers: Extra headers sent with every request.
+        max_wait_per_request: Longest server-side wait asked for in one request.
+        transport: An httpx async transport to use instead of the network.
+        verify: TLS verification, as for httpx.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = 3,
+        backoff: Backoff | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_wait_per_request: float = DEFAULT_MAX_WAIT_PER_REQUEST,
+        transport: httpx.AsyncBaseTransport | None = None,
+        verify: Any = True,
+    ) -> None:
+        self._settings = HttpSettings(base_url, token, timeout, max_wait_per_request, headers)
+        self._backoff = backoff or make_backoff(retries)
+        self._http = httpx.AsyncClient(
+            base_url=self._settings.base_url,
+            headers=self._settings.headers,
+            transport=transport,
+            verify=verify,
+            follow_redirects=False,
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The broker's address."""
+        return self._settings.base_url
+
+    def __repr__(self) -> str:
+        return f"AsyncHttpBrokerClient({self.base_url!r})"
+
+    async def __aenter__(self) -> AsyncHttpBrokerClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the pooled connections."""
+        await self._http.aclose()
+
+    aclose = close
+
+    # -- sending ----------------------------------------------------------------------
+    async def _execute(self, call: Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                request = build_request(self._http, self._settings, call)
+                response = await self._http.send(request)
+            except httpx.TransportError as exc:
+                if attempt < self._backoff.retries and (call.retry_safe or not reached_server(exc)):
+                    await asyncio.sleep(self._backoff.delay(attempt))
+                    attempt += 1
+                    continue
+                raise self._settings.unavailable(exc) from exc
+            if (
+                response.status_code in RETRYABLE_STATUSES
+                and call.retry_safe
+                and attempt < self._backoff.retries
+            ):
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                await asyncio.sleep(self._backoff.delay(attempt, retry_after))
+                attempt += 1
+                continue
+            if response.is_success:
+                return call.parse(response.content)
+            raise error_from_response(response.status_code, response.content, self.base_url)
+
+    # -- workers ----------------------------------------------------------------------
+    async def register_worker(
+        self, workflows: list[WorkflowSchema], *, name: str | None = None
+    ) -> str:
+        """Register the workflow versions this worker runs; return its new worker id."""
+        return await self._execute(calls.register_worker(workflows, name))
+
+    async def get_step(self, worker_id: str, *, wait: float = 0.0) -> StepAssignment | None:
+        """Claim one ready step, waiting up to ``wait`` seconds for one to appear."""
+        found = await self.get_steps(worker_id, max_steps=1, wait=wait)
+        return found[0] if found else None
+
+    async def get_steps(
+        self, worker_id: str, *, max_steps: int = 1, wait: float = 0.0
+    ) -> list[StepAssignment]:
+        """Claim up to ``max_steps`` ready steps, waiting up to ``wait`` seconds for the first."""
+        size = claim_size(max_steps)
+        deadline = Deadline(check_wait(wait))
+        while True:
+            asked = deadline.remaining(self._settings.max_wait)
+            started = time.monotonic()
+            found = await self._execute(calls.claim(worker_id, size, asked))
+            if found or deadline.passed or asked == 0:
+                return found
+            await self._space_out(started, asked)
+
+    async def report_step(
+        self, worker_id: str, report: StepReport, *, claim_next: bool = False
+    ) -> StepAssignment | None:
+        """Report a step's outcome; with ``claim_next`` also claim the next ready step."""
+        return await self._execute(calls.report(worker_id, report, claim_next))
+
+    async def keep_alive(
+        self, worker_id: str, lease_tokens: list[str] | None = None
+    ) -> KeepAliveReply:
+        """Heartbeat: extend the named leases (default: all the worker holds)."""
+        return await self._execute(calls.heartbeat(worker_id, lease_tokens))
+
+    # -- applications -----------------------------------------------------------------
+    async def dispatch_workflow(
+        self,
+        workflow: WorkflowSchema,
+        inputs: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Start a run and return its id (the same id again for a repeated key)."""
+        request = dispatch_request(
+            lambda: DispatchRequest(DispatchSchema(workflow=workflow, inputs=inputs or {}))
+        )
+        return await self._dispatch(request, idempotency_key)
+
+    async def dispatch(
+        self,
+        workflow: WorkflowRef,
+        inputs: dict[str, Any] | None = None,
+        *,
+        version: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Start a run of a schema, a ``Workflow`` or a stored workflow id; return its id."""
+        if isinstance(workflow, str):
+            workflow_id = workflow
+            request = dispatch_request(
+                lambda: DispatchRequest(
+                    DispatchStored(workflow_id=workflow_id, version=version, inputs=inputs or {})
+                )
+            )
+            return await self._dispatch(request, idempotency_key)
+        return await self.dispatch_workflow(
+            schema_of(workflow, version), inputs, idempotency_key=idempotency_key
+        )
+
+    async def run_workflow(
+        self,
+        workflow: WorkflowRef,
+        inputs: dict[str, Any] | None = None,
+        *,
+        version: str | None = None,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunDetails:
+        """Dispatch a run and wait for it to finish.
+
+        Raises:
+            WaitTimeoutError: ``timeout`` seconds passed before the run finished.
+        """
+        run_id = await self.dispatch(
+            workflow, inputs, version=version, idempotency_key=idempotency_key
+        )
+        return await self.wait_for_run(run_id, timeout=timeout)
+
+    async def _dispatch(self, request: DispatchRequest, idempotency_key: str | None) -> str:
+        key = idempotency_key or new_idempotency_key()
+        return (await self._execute(calls.dispatch(request, key))).run_id
+
+    async def get_run(self, run_id: str) -> RunDetails:
+        """Return a run with its step states and result."""
+        return await self._execute(calls.get_run(run_id))
+
+    async def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunDetails:
+        """Wait until the run is finished and return it.
+
+        Raises:
+            WaitTimeoutError: ``timeout`` seconds passed first.
+        """
+        deadline = Deadline(timeout)
+        while True:
+            asked = deadline.remaining(self._settings.max_wait)
+            started = time.monotonic()
+            run = await self._execute(calls.wait_run(run_id, asked))
+            if run.status.is_terminal:
+                return run
+            if deadline.passed:
+                raise deadline.timed_out(run)
+            await self._space_out(started, asked)
+
+    @staticmethod
+    async def _space_out(started: float, asked: float) -> None:
+        elapsed = time.monotonic() - started
+        if elapsed < min(asked, MIN_POLL_SPACING):
+            await asyncio.sleep(min(asked, MIN_POLL_SPACING) - elapsed)
+
+    async def list_runs(
+        self,
+        *,
+        workflow_id: str | None = None,
+        status: Status | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Return a page of runs, newest first."""
+        return await self._execute(calls.list_runs(workflow_id, status, limit, cursor))
+
+    async def cancel_run(self, run_id: str) -> RunDetails:
+        """Cancel a run and return its state."""
+        return await self._execute(calls.cancel_run(run_id))
+
+    async def list_workflows(self) -> list[WorkflowSchema]:
+        """Return the stored workflow schemas."""
+        return await self._execute(calls.list_workflows())
+
+    async def get_workflow(self, workflow_id: str, version: str | None = None) -> WorkflowSchema:
+        """Return the stored schema of ``workflow_id`` (its latest version unless ``version``)."""
+        if version is not None:
+            return await self._execute(calls.get_workflow(workflow_id, version))
+        found = await self._execute(calls.list_workflows(workflow_id))
+        return find_workflow(found, workflow_id, None)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Return the registered workers."""
+        return await self._execute(calls.list_workers())
+
+    async def health(self) -> Health:
+        """Ask the broker whether it is up (needs no token)."""
+        return await self._execute(calls.health())
