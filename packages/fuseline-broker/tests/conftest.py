@@ -13,9 +13,7 @@ from pathlib import Path
 # importlib mode does not put this folder on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from http_server_support import (
-    http_server,
-    postgres_url,
-)
+from http_server_support import http_server
+from postgres_support import postgres_admin_url, postgres_url
 
-__all__ = ["http_server", "postgres_url"]
+__all__ = ["http_server", "postgres_admin_url", "postgres_url"]

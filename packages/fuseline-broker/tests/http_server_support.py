@@ -18,10 +18,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+from postgres_support import postgres_admin_url, postgres_url
+
+__all__ = ["postgres_admin_url", "postgres_url"]  # re-exported for the worker's tests
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -209,32 +211,3 @@ def http_server(tmp_path: Path) -> Iterator[ServerFactory]:
 
     yield factory
     _stop_all(started)
-
-
-# -- PostgreSQL -------------------------------------------------------------------------
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards.
-
-    Uses ``FUSELINE_TEST_DATABASE_URL``; without it the test is skipped with
-    the reason shown (and fails when ``FUSELINE_REQUIRE_POSTGRES=1``).
-    """
-    admin_url = os.environ.get("FUSELINE_TEST_DATABASE_URL")
-    if not admin_url:
-        pytest.skip("FUSELINE_TEST_DATABASE_URL is not set, so there is no PostgreSQL to test")
-    psycopg = pytest.importorskip("psycopg", reason="psycopg is needed for PostgreSQL tests")
-    name = f"fuseline_http_{secrets.token_hex(6)}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_database(admin_url, name)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -193,10 +193,17 @@ def test_leases_heartbeats_and_stale_reports(server: RunningServer) -> None:
 
         run_one(worker, worker_id, workflow, first)
         assert app.get_run(run_id).steps["Classify"].status is Status.SUCCEEDED
-        # The lease is used up: repeating the report is a conflict, not a second result.
-        used = stale.model_copy(update={"lease_token": first.lease_token})
+        # The lease is used up. Repeating the same report (a retry after a lost
+        # response) is answered as before and changes nothing; a different
+        # report under it is a conflict, not a second result.
+        replay = stale.model_copy(update={"lease_token": first.lease_token})
+        assert worker.report_step(worker_id, replay) is None
+        other = replay.model_copy(update={"result": "short"})
         with pytest.raises(LeaseConflictError):
-            worker.report_step(worker_id, used)
+            worker.report_step(worker_id, other)
+        done = app.get_run(run_id)
+        assert done.steps["Classify"].result == "long"
+        assert done.steps["Classify"].attempts == 1
 
 
 def test_claim_next_hands_out_the_successor_in_the_same_call(server: RunningServer) -> None:

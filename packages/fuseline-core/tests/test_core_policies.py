@@ -192,3 +192,29 @@ def test_custom_policy_attach_and_errors() -> None:
     assert policy.step is step
     with pytest.raises(TypeError):
         step.add_policy(object())  # type: ignore[arg-type]
+
+
+def test_retry_policy_starts_no_retry_once_the_runner_says_stop() -> None:
+    from fuseline.policies.stopping import stop_when
+
+    calls: list[int] = []
+    stop = {"now": False}
+
+    class Flaky(Step):
+        def run_step(self) -> None:
+            calls.append(1)
+            stop["now"] = True  # e.g. the worker learns here that its lease is gone
+            raise RuntimeError("boom")
+
+    step = Flaky(policies=[RetryPolicy(max_retries=5)])
+    with stop_when(lambda: stop["now"]):
+        run = Workflow(outputs=[step]).run()
+    assert run.status is Status.FAILED
+    assert len(calls) == 1  # without the check it would have run six times
+
+    calls.clear()
+    stop["now"] = False
+    assert Workflow(outputs=[Flaky(policies=[RetryPolicy(max_retries=2)])]).run().status is (
+        Status.FAILED
+    )
+    assert len(calls) == 3

@@ -16,9 +16,9 @@ import pytest
 # does not put this folder on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from worker_processes import Cluster, open_cluster, postgres_url
+from worker_processes import Cluster, open_cluster, postgres_admin_url, postgres_url
 
-__all__ = ["cluster", "postgres_url"]
+__all__ = ["cluster", "postgres_admin_url", "postgres_url"]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -49,8 +49,12 @@ class Broker(ABC):
         """Hand the worker its next ready step, or None when there is none."""
 
     @abstractmethod
-    def report_step(self, worker_id: str, report: StepReport) -> None:
-        """Record a step's outcome and enqueue the successors it makes ready."""
+    def report_step(self, worker_id: str, report: StepReport) -> StepAssignment | None:
+        """Record a step's outcome and enqueue the successors it makes ready.
+
+        Brokers that can hand the worker its next step in the same call (the
+        built-in ones do, with ``claim_next=True``) return it; others return None.
+        """
 
     @abstractmethod
     def keep_alive(self, worker_id: str) -> KeepAliveReply | None:

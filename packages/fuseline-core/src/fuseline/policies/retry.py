@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from fuseline.policies.base import StepPolicy
+from fuseline.policies.stopping import step_should_stop
 from fuseline.workflow.schema import RetrySchema
 
 if TYPE_CHECKING:
@@ -69,7 +70,13 @@ class RetryPolicy(StepPolicy):
         return seconds
 
     def _should_retry(self, exc: BaseException, retry: int) -> bool:
-        return retry <= self.config.max_retries and isinstance(exc, self.retry_on)
+        # A worker that lost the step's lease says so through step_should_stop:
+        # another worker runs the step now, so a retry here would run it twice.
+        return (
+            retry <= self.config.max_retries
+            and isinstance(exc, self.retry_on)
+            and not step_should_stop()
+        )
 
     def execute(self, step: Step, call: Callable[[], Any]) -> Any:
         """Call ``call`` until it returns or the retries are used up."""
@@ -82,6 +89,8 @@ class RetryPolicy(StepPolicy):
                 if not self._should_retry(exc, retry):
                     raise
                 time.sleep(self.delay(retry))
+                if step_should_stop():
+                    raise
 
     async def execute_async(self, step: Step, call: Callable[[], Awaitable[Any]]) -> Any:
         """Await ``call`` until it returns or the retries are used up."""

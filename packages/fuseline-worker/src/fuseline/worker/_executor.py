@@ -90,7 +90,7 @@ class StepExecutor:
         # Deep copies: a step that changes its arguments in place must not
         # change what another run, or the broker's memory, holds.
         inputs = {**copy.deepcopy(workflow.params), **copy.deepcopy(a.workflow_inputs)}
-        return StepJob(workflow, step, copy.deepcopy(a.results), inputs)
+        return StepJob(workflow, step, copy.deepcopy(a.results), inputs, held.lost_hold)
 
     def _done(self, held: HeldStep, outcome: StepOutcome | None) -> None:
         seconds = time.monotonic() - held.started

@@ -103,6 +103,7 @@ class Heartbeat:
         if not live:
             return
         tokens = [h.token for h in live if h.token is not None]
+        sent_at = time.monotonic()
         try:
             reply = self._client.keep_alive(self._worker_id(), tokens)
         except Exception as exc:
@@ -117,6 +118,10 @@ class Heartbeat:
             log.info("heartbeat delivered again; the broker is reachable")
             self._unreachable = False
         by_token = {h.token: h for h in live}
+        for ref in reply.extended:
+            extended = by_token.get(ref.lease_token)
+            if extended is not None:
+                extended.extended(sent_at)
         gone = ((reply.lost, "its lease was lost"), (reply.cancelled, "its run was cancelled"))
         for refs, reason in gone:
             for ref in refs:

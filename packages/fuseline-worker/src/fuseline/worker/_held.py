@@ -39,6 +39,9 @@ class HeldStep:
         cancel: Stops the execution when that is possible (async task, child
             process); None for a thread, which cannot be stopped.
         lease_seconds: How long the lease was when claimed, if it had a deadline.
+        lease_until: When (``time.monotonic``) the lease runs out unless a
+            heartbeat extends it; counted from when the claim or beat was sent,
+            so it is never later than the broker's deadline.
     """
 
     assignment: StepAssignment
@@ -47,6 +50,7 @@ class HeldStep:
     cancel: Callable[[], None] | None = None
     started: float = field(default_factory=time.monotonic)
     lease_seconds: float | None = None
+    lease_until: float | None = None
 
     def __post_init__(self) -> None:
         if self.assignment.deadline is not None:
@@ -54,6 +58,18 @@ class HeldStep:
             if deadline.tzinfo is None:
                 deadline = deadline.replace(tzinfo=UTC)
             self.lease_seconds = (deadline - datetime.now(UTC)).total_seconds()
+            self.lease_until = self.started + self.lease_seconds
+
+    def extended(self, sent_at: float) -> None:
+        """A heartbeat sent at ``sent_at`` (monotonic) extended the lease."""
+        if self.lease_seconds is not None:
+            self.lease_until = max(self.lease_until or 0.0, sent_at + self.lease_seconds)
+
+    def lost_hold(self) -> bool:
+        """Whether the worker gave up the step or its lease has run out, as far as it knows."""
+        if self.abandoned is not None:
+            return True
+        return self.lease_until is not None and time.monotonic() > self.lease_until
 
     @property
     def token(self) -> str | None:

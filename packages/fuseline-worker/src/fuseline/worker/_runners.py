@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fuseline.messages import StepError
+from fuseline.policies.stopping import stop_when
 from fuseline.status import Status
 from fuseline.workflow._execution import StepOutcome, execute_step, execute_step_async
 
@@ -37,11 +38,16 @@ class StepJob:
     step: Step
     results: dict[str, Any]
     inputs: dict[str, Any]
+    should_stop: Callable[[], bool] | None = None
 
     def execute(self) -> StepOutcome:
-        """Run the step in this thread; never raises."""
+        """Run the step in this thread; never raises.
+
+        Policies that would start more work (a retry) ask ``should_stop`` first.
+        """
         try:
-            return execute_step(self.workflow, self.step, self.results, self.inputs)
+            with stop_when(self.should_stop):
+                return execute_step(self.workflow, self.step, self.results, self.inputs)
         except BaseException as exc:  # SystemExit and the like from user code
             return failed(exc)
 

@@ -33,7 +33,12 @@ from fuseline.clients.wire import (
     WorkerList,
     WorkflowList,
 )
-from fuseline.errors import InvalidInputError, PayloadTooLargeError, WaitTimeoutError
+from fuseline.errors import (
+    InvalidInputError,
+    LeaseConflictError,
+    PayloadTooLargeError,
+    WaitTimeoutError,
+)
 from fuseline.messages import KeepAliveReply
 from fuseline.workflow import WorkflowSchema
 
@@ -126,6 +131,13 @@ async def claim_steps(ctx: CallContext) -> Reply:
 async def report_step(ctx: CallContext) -> Reply:
     """Record a step's outcome, and claim the next step when asked to."""
     body = ctx.body_as(ReportRequest)
+    if body.report.lease_token is None:
+        # In-process callers are trusted code; over the network the worker id
+        # alone (which clients can list) must not be enough to report a step.
+        raise LeaseConflictError(
+            "A report over HTTP must carry the lease_token of its assignment.",
+            details={"step_name": body.report.step_name},
+        )
     _check_value(ctx, body.report.result, f"result of step {body.report.step_name!r}")
     following = await ctx.run(
         ctx.broker.report_step, ctx.path["worker_id"], body.report, claim_next=body.claim_next

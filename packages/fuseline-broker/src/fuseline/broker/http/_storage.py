@@ -80,7 +80,7 @@ def open_broker(target: StorageTarget) -> Broker:
     from fuseline import broker
 
     if target.kind == "memory":
-        return broker.MemoryBroker()  # type: ignore[attr-defined,no-any-return]
+        return broker.MemoryBroker()
     if target.kind == "sqlite":
-        return broker.SQLiteBroker(path=target.location)  # type: ignore[attr-defined,no-any-return]
-    return broker.PostgresBroker(target.location)  # type: ignore[attr-defined,no-any-return]
+        return broker.SQLiteBroker(path=target.location)
+    return broker.PostgresBroker(target.location)

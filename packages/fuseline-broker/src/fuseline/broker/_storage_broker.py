@@ -1,0 +1,882 @@
+"""``StorageBroker``: the one broker implementation, over any ``RuntimeStorage``.
+
+It orchestrates: it validates what it is given, opens a transaction, lets
+:mod:`fuseline.workflow.rules` decide what follows from a step's outcome, and
+writes the consequences through the storage. Everything a call changes
+commits together, so a report, its result, the successors it makes ready and
+the run's new status are never seen apart. The broker keeps no run state of
+its own; its caches hold only what never changes once stored (schemas, the
+workflows a worker registered), so any number of broker processes can share
+one database.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from fuseline.broker._base import Broker
+from fuseline.errors import (
+    IdempotencyConflictError,
+    InvalidInputError,
+    LeaseConflictError,
+    PayloadTooLargeError,
+    RunFinishedError,
+    RunNotFoundError,
+    StepNotFoundError,
+    WaitTimeoutError,
+    WorkerNotFoundError,
+    WorkflowNotFoundError,
+)
+from fuseline.jsonvalue import to_json_value
+from fuseline.messages import (
+    KeepAliveReply,
+    LeaseRef,
+    RunDetails,
+    RunPage,
+    RunSummary,
+    StepAssignment,
+    StepError,
+    StepRecord,
+    StepReport,
+    WorkerInfo,
+)
+from fuseline.status import Status
+from fuseline.storage import (
+    RuntimeStorage,
+    StorageTransaction,
+    StoredRun,
+    StoredStep,
+    WorkflowKey,
+)
+from fuseline.workflow import WorkflowSchema, rules
+from fuseline.workflow.rules import RunGraph, Settlement, StepFacts
+from fuseline.workflow.schema import definition_error
+
+__all__ = ["StorageBroker"]
+
+log = logging.getLogger("fuseline.broker")
+
+_REPORTABLE = (Status.SUCCEEDED, Status.FAILED, Status.SKIPPED, Status.CANCELLED)
+_MAX_PAGE = 1000
+_REAP_BATCH = 100
+# Claims look for expired leases at most this often (per broker object).
+_REAP_EVERY = 0.2
+# A worker's last_seen_at is written at most this often by claims.
+_TOUCH_EVERY = 2.0
+
+
+def _time(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _lease_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _facts(rows: Iterable[StoredStep]) -> dict[str, StepFacts]:
+    return {
+        row.step_name: StepFacts(
+            row.status,
+            row.branch,
+            queued=row.status is Status.PENDING,
+            order=row.finish_order,
+        )
+        for row in rows
+    }
+
+
+class StorageBroker(Broker):
+    """A broker whose whole state lives in a :class:`~fuseline.storage.RuntimeStorage`.
+
+    Args:
+        storage: Where schemas, workers, runs and steps are kept.
+        default_lease: Seconds a worker holds a step without a heartbeat, for
+            steps without a ``StepTimeoutPolicy`` (a step's timeout is its lease).
+        default_max_attempts: How many times a step without a ``RetryPolicy``
+            is handed out before an expired lease fails it. Steps with a
+            ``RetryPolicy`` get ``max_retries + 1`` hand-outs.
+        max_result_bytes: Largest accepted result (and set of run inputs), as
+            compact JSON; None for no limit.
+        retention: Seconds after which finished runs are deleted by the
+            background sweeper; None keeps them forever.
+        sweep_interval: Seconds between background sweeps for expired leases
+            (and old runs); 0 turns the sweeper off.
+    """
+
+    def __init__(
+        self,
+        storage: RuntimeStorage,
+        *,
+        default_lease: float = 30.0,
+        default_max_attempts: int = 3,
+        max_result_bytes: int | None = None,
+        retention: float | None = None,
+        sweep_interval: float = 1.0,
+    ) -> None:
+        if default_lease <= 0:
+            raise InvalidInputError("default_lease must be a positive number of seconds.")
+        if default_max_attempts < 1:
+            raise InvalidInputError("default_max_attempts must be at least 1.")
+        self.storage = storage
+        self.default_lease = default_lease
+        self.default_max_attempts = default_max_attempts
+        self.max_result_bytes = max_result_bytes
+        self.retention = retention
+        self._graphs: dict[WorkflowKey, RunGraph] = {}
+        self._worker_workflows: dict[str, list[WorkflowKey]] = {}
+        self._touched: dict[str, float] = {}
+        self._last_reap = 0.0
+        self._closed = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        if sweep_interval > 0:
+            self._sweeper = threading.Thread(
+                target=_sweep,
+                args=(weakref.ref(self), self._closed, sweep_interval),
+                name="fuseline-sweeper",
+                daemon=True,
+            )
+            self._sweeper.start()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.storage.description})"
+
+    # -- validation ---------------------------------------------------------------
+    @staticmethod
+    def _schema(workflow: Any) -> WorkflowSchema:
+        if isinstance(workflow, WorkflowSchema):
+            return workflow
+        to_schema = getattr(workflow, "to_schema", None)
+        if callable(to_schema):
+            schema = to_schema()
+            if isinstance(schema, WorkflowSchema):
+                return schema
+        if isinstance(workflow, Mapping):
+            try:
+                return WorkflowSchema.model_validate(workflow)
+            except ValidationError as exc:
+                raise definition_error(exc) from None
+        raise InvalidInputError(
+            f"Expected a WorkflowSchema (workflow.to_schema()), got {type(workflow).__name__}."
+        )
+
+    def _json(self, value: Any, what: str) -> Any:
+        plain = to_json_value(value, what=what)
+        if self.max_result_bytes is not None:
+            size = len(json.dumps(plain, separators=(",", ":")).encode())
+            if size > self.max_result_bytes:
+                raise PayloadTooLargeError(
+                    f"The {what} is {size} bytes of JSON, over the limit of "
+                    f"{self.max_result_bytes}; store large data elsewhere and pass a reference.",
+                    details={"size": size, "limit": self.max_result_bytes},
+                )
+        return plain
+
+    # -- schemas ------------------------------------------------------------------
+    def _store_schema(self, t: StorageTransaction, schema: WorkflowSchema) -> RunGraph:
+        known = self._graphs.get(schema.key)
+        if known is not None and known.schema == schema:
+            return known  # stored schemas never change, so equal means stored
+        stored = t.get_schema(schema.key)
+        if stored is None:
+            t.add_schema(schema)
+            # Another process may have stored the same key a moment ago.
+            stored = t.get_schema(schema.key) or schema
+            stored.ensure_compatible_with(schema)
+            # Not cached yet: this transaction may still roll back, and a
+            # cached schema is taken as stored.
+            return RunGraph(stored)
+        stored.ensure_compatible_with(schema)
+        return self._graphs.setdefault(schema.key, RunGraph(stored))
+
+    def _graph(self, t: StorageTransaction, key: WorkflowKey) -> RunGraph:
+        graph = self._graphs.get(key)
+        if graph is None:
+            schema = t.get_schema(key)
+            if schema is None:
+                raise WorkflowNotFoundError(
+                    f"No workflow {key[0]!r} version {key[1]!r} is registered.",
+                    details={"workflow_id": key[0], "version": key[1]},
+                )
+            graph = self._graphs.setdefault(key, RunGraph(schema))
+        return graph
+
+    def _workflows_of(self, t: StorageTransaction, worker_id: str) -> list[WorkflowKey]:
+        workflows = self._worker_workflows.get(worker_id)
+        if workflows is None:
+            worker = t.get_worker(worker_id)
+            if worker is None:
+                raise WorkerNotFoundError(
+                    f"No worker {worker_id!r} is registered; register the worker again.",
+                    details={"worker_id": worker_id},
+                )
+            workflows = self._worker_workflows.setdefault(worker_id, worker.workflows)
+        return workflows
+
+    def _touch(self, t: StorageTransaction, worker_id: str, *, always: bool = False) -> None:
+        now = time.monotonic()
+        if always or now - self._touched.get(worker_id, 0.0) >= _TOUCH_EVERY:
+            t.touch_worker(worker_id, t.now())
+            self._touched[worker_id] = now
+
+    # -- steps and runs as the rules see them ---------------------------------------
+    def _new_step(
+        self,
+        graph: RunGraph,
+        run: StoredRun,
+        name: str,
+        status: Status,
+        now: float,
+        or_winners: Mapping[str, str] | None = None,
+    ) -> StoredStep:
+        spec = graph.schema.step(name)
+        attempts = spec.max_attempts if spec.retry is not None else self.default_max_attempts
+        return StoredStep(
+            run_id=run.run_id,
+            step_name=name,
+            workflow_id=run.workflow_id,
+            version=run.version,
+            status=status,
+            max_attempts=attempts,
+            lease_seconds=spec.timeout_seconds or self.default_lease,
+            or_winners=dict(or_winners or {}),
+            ready_at=now,
+            finished_at=None if status is Status.PENDING else now,
+        )
+
+    def _apply(
+        self,
+        t: StorageTransaction,
+        graph: RunGraph,
+        run: StoredRun,
+        settlement: Settlement,
+        now: float,
+    ) -> list[StoredStep]:
+        rows = [
+            self._new_step(graph, run, ready.name, Status.PENDING, now, ready.or_winners)
+            for ready in settlement.ready
+        ]
+        rows += [self._new_step(graph, run, n, Status.SKIPPED, now) for n in settlement.skipped]
+        rows += [self._new_step(graph, run, n, Status.CANCELLED, now) for n in settlement.cancelled]
+        t.add_steps(rows)
+        return rows
+
+    def _conclude(
+        self,
+        t: StorageTransaction,
+        graph: RunGraph,
+        run: StoredRun,
+        rows: Iterable[StoredStep],
+        now: float,
+    ) -> None:
+        rows = list(rows)
+        run.status = rules.run_status(graph, _facts(rows), cancel_requested=run.cancel_requested)
+        if run.status.is_terminal and run.finished_at is None:
+            results = {r.step_name: r.result for r in rows if r.status is Status.SUCCEEDED}
+            run.finished_at = now
+            run.result = {output: results.get(output) for output in graph.outputs}
+            t.notify_runs()
+        t.update_run(run)
+
+    def _finish(
+        self,
+        t: StorageTransaction,
+        graph: RunGraph,
+        run: StoredRun,
+        step: StoredStep,
+        rows: dict[str, StoredStep],
+        now: float,
+    ) -> None:
+        """Record that ``step`` (already given its final state) finished; settle the rest."""
+        run.finished_steps += 1
+        step.finish_order = run.finished_steps
+        step.finished_at = now
+        step.deadline = None
+        t.update_step(step)
+        rows[step.step_name] = step
+        settlement = rules.settle(graph, _facts(rows.values()), [step.step_name])
+        for row in self._apply(t, graph, run, settlement, now):
+            rows[row.step_name] = row
+        self._conclude(t, graph, run, rows.values(), now)
+
+    def _details(self, graph: RunGraph, run: StoredRun, rows: Iterable[StoredStep]) -> RunDetails:
+        by_name = {row.step_name: row for row in rows}
+        steps: dict[str, StepRecord] = {}
+        for name in graph.step_names:
+            row = by_name.get(name)
+            if row is None:
+                steps[name] = StepRecord(name=name)
+                continue
+            steps[name] = StepRecord(
+                name=name,
+                status=row.status,
+                result=row.result,
+                error=None if row.error is None else StepError.model_validate(row.error),
+                attempts=row.attempt,
+                worker_id=row.worker_id,
+                started_at=_time(row.started_at),
+                finished_at=_time(row.finished_at),
+            )
+        return RunDetails(
+            **self._summary(run).model_dump(),
+            inputs=run.inputs,
+            steps=steps,
+            result=run.result,
+        )
+
+    @staticmethod
+    def _summary(run: StoredRun) -> RunSummary:
+        return RunSummary(
+            run_id=run.run_id,
+            workflow_id=run.workflow_id,
+            workflow_version=run.version,
+            status=run.status,
+            created_at=_time(run.created_at) or datetime.now(UTC),
+            finished_at=_time(run.finished_at),
+            cancel_requested=run.cancel_requested,
+        )
+
+    def _assignment(self, t: StorageTransaction, row: StoredStep) -> StepAssignment:
+        graph = self._graph(t, (row.workflow_id, row.version))
+        run = t.get_run(row.run_id)
+        if run is None:  # pragma: no cover - a step row never outlives its run
+            raise RunNotFoundError(f"Run {row.run_id!r} vanished.")
+        if run.status is Status.PENDING:
+            self._mark_started(t, run.run_id)
+        sources = graph.result_sources(row.step_name, row.or_winners)
+        return StepAssignment(
+            workflow_id=row.workflow_id,
+            workflow_version=row.version,
+            instance_id=row.run_id,
+            step_name=row.step_name,
+            payload={"workflow_inputs": run.inputs, "results": t.results_of(row.run_id, sources)},
+            attempt=row.attempt,
+            lease_token=row.lease_token,
+            deadline=_time(row.deadline),
+        )
+
+    @staticmethod
+    def _mark_started(t: StorageTransaction, run_id: str) -> None:
+        # The first hand-out starts the run (the rules call it RUNNING from
+        # then on); later changes of status come with reports, expiries and
+        # cancellation. Locked, so a concurrent cancel is never overwritten.
+        run = t.get_run(run_id, lock=True)
+        if run is not None and run.status is Status.PENDING:
+            run.status = Status.RUNNING
+            t.update_run(run)
+
+    def _claim(self, t: StorageTransaction, worker_id: str, limit: int) -> list[StepAssignment]:
+        workflows = self._workflows_of(t, worker_id)
+        self._touch(t, worker_id)
+        rows = t.claim_steps(worker_id, workflows, limit, _lease_token)
+        return [self._assignment(t, row) for row in rows]
+
+    # -- worker-facing --------------------------------------------------------------
+    def register_worker(self, workflows: list[WorkflowSchema], *, name: str | None = None) -> str:
+        """Store the schemas the worker runs and return its new, never reused id.
+
+        Raises:
+            SchemaConflictError: A schema's id and version is stored with a
+                different graph; bump the workflow's version.
+        """
+        schemas = [self._schema(w) for w in workflows]
+        if name is not None and not 0 < len(name) <= 200:
+            raise InvalidInputError("A worker name must be 1 to 200 characters long.")
+        worker_id = f"w-{uuid.uuid4().hex}"
+
+        def body(t: StorageTransaction) -> None:
+            from fuseline.storage import StoredWorker
+
+            for schema in schemas:
+                self._store_schema(t, schema)
+            now = t.now()
+            keys = list(dict.fromkeys(schema.key for schema in schemas))
+            t.add_worker(StoredWorker(worker_id, name, keys, now, now))
+
+        self.storage.atomic(body)
+        return worker_id
+
+    def dispatch_workflow(
+        self,
+        workflow: WorkflowSchema,
+        inputs: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Create a run, enqueue its first steps and return the run id.
+
+        With ``idempotency_key``, a second dispatch with the same key and the
+        same request returns the first run's id instead of creating another.
+
+        Raises:
+            IdempotencyConflictError: The key was used for a different request.
+            SchemaConflictError: The schema's key is stored with another graph.
+        """
+        schema = self._schema(workflow)
+        plain = self._json(inputs or {}, what="run inputs")
+        if not isinstance(plain, dict):
+            raise InvalidInputError("Run inputs must be a JSON object of name: value pairs.")
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
+            raise InvalidInputError("An idempotency key must be 1 to 200 characters long.")
+        fingerprint = hashlib.sha256(
+            json.dumps([schema.key, plain], sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        run_id = uuid.uuid4().hex
+
+        def same_request(existing: StoredRun) -> str:
+            if existing.request_hash != fingerprint:
+                raise IdempotencyConflictError(
+                    f"Idempotency key {idempotency_key!r} was already used for a different "
+                    "dispatch; use a new key for a new request.",
+                    details={"run_id": existing.run_id},
+                )
+            return existing.run_id
+
+        def body(t: StorageTransaction) -> str:
+            graph = self._store_schema(t, schema)
+            if idempotency_key is not None:
+                existing = t.find_run_by_key(idempotency_key)
+                if existing is not None:
+                    return same_request(existing)
+            now = t.now()
+            run = StoredRun(
+                run_id=run_id,
+                workflow_id=schema.workflow_id,
+                version=schema.version,
+                inputs=plain,
+                status=Status.PENDING,
+                created_at=now,
+                idempotency_key=idempotency_key,
+                request_hash=fingerprint,
+            )
+            if not t.add_run(run):
+                raced = t.find_run_by_key(idempotency_key or "")
+                if raced is None:  # pragma: no cover - only the key can collide
+                    raise IdempotencyConflictError("The run could not be stored; try again.")
+                return same_request(raced)
+            self._apply(t, graph, run, rules.start(graph), now)
+            return run_id
+
+        return self.storage.atomic(body)
+
+    def get_step(self, worker_id: str, *, wait: float = 0.0) -> StepAssignment | None:
+        """Hand the worker its next ready step, waiting up to ``wait`` seconds for one."""
+        found = self.get_steps(worker_id, max_steps=1, wait=wait)
+        return found[0] if found else None
+
+    def get_steps(
+        self, worker_id: str, *, max_steps: int = 1, wait: float = 0.0
+    ) -> list[StepAssignment]:
+        """Claim up to ``max_steps`` ready steps of the worker's workflows, oldest first.
+
+        When none is ready, wait up to ``wait`` seconds for one (a long poll).
+
+        Raises:
+            WorkerNotFoundError: The worker id is unknown.
+        """
+        if not 1 <= max_steps <= _MAX_PAGE:
+            raise InvalidInputError(f"max_steps must be between 1 and {_MAX_PAGE}.")
+        deadline = time.monotonic() + max(wait, 0.0)
+        while True:
+            since = self.storage.work.generation
+            self._reap_if_due()
+            found = self.storage.atomic(lambda t: self._claim(t, worker_id, max_steps))
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0:
+                return found
+            self.storage.work.wait(since, min(remaining, self.storage.poll_interval))
+
+    def report_step(
+        self, worker_id: str, report: StepReport, *, claim_next: bool = False
+    ) -> StepAssignment | None:
+        """Accept a step's outcome, enqueue what it makes ready and update the run.
+
+        The report must come from the worker holding the step's live lease
+        (with its ``lease_token``, when given). Repeating an accepted report
+        exactly is answered as if it were the first; anything else about a
+        step the worker does not hold is a conflict and changes nothing.
+
+        Args:
+            worker_id: The reporting worker.
+            report: The outcome.
+            claim_next: Also claim the worker's next ready step, in the same
+                transaction, and return it.
+
+        Raises:
+            LeaseConflictError: The worker does not hold a live lease on the step.
+            RunNotFoundError, StepNotFoundError, WorkerNotFoundError: Unknown ids.
+        """
+        if report.state not in _REPORTABLE:
+            raise InvalidInputError(
+                f"A report's state must be one of {', '.join(s.value for s in _REPORTABLE)}, "
+                f"not {report.state.value}."
+            )
+        succeeded = report.state is Status.SUCCEEDED
+        result = (
+            self._json(report.result, what=f"result of step {report.step_name!r}")
+            if succeeded
+            else None
+        )
+        error = None if report.error is None else report.error.model_dump()
+        if report.state is Status.FAILED and error is None:
+            error = StepError(type="StepFailed", message="The worker gave no details.").model_dump()
+
+        def body(t: StorageTransaction) -> StepAssignment | None:
+            self._workflows_of(t, worker_id)
+            run = t.get_run(report.instance_id, lock=True)
+            if run is None:
+                raise RunNotFoundError(
+                    f"No run {report.instance_id!r} exists.", details={"run_id": report.instance_id}
+                )
+            if report.workflow_id != run.workflow_id:
+                raise InvalidInputError(
+                    f"Run {run.run_id!r} belongs to workflow {run.workflow_id!r}, "
+                    f"not {report.workflow_id!r}."
+                )
+            graph = self._graph(t, (run.workflow_id, run.version))
+            if report.step_name not in graph.step_names:
+                raise StepNotFoundError(
+                    f"Workflow {run.workflow_id!r} version {run.version!r} has no step "
+                    f"{report.step_name!r}.",
+                    details={"step_name": report.step_name},
+                )
+            rows = {row.step_name: row for row in t.steps_of(run.run_id)}
+            step = rows.get(report.step_name)
+            now = t.now()
+            if self._holds_lease(step, worker_id, report, result, now):
+                assert step is not None  # noqa: S101 - _holds_lease checked it
+                step.status = report.state
+                step.result = result
+                step.error = error
+                if succeeded:
+                    step.branch = rules.choose_branch(graph, step.step_name, result)
+                self._finish(t, graph, run, step, rows, now)
+            if not claim_next:
+                return None
+            found = self._claim(t, worker_id, 1)
+            return found[0] if found else None
+
+        return self.storage.atomic(body)
+
+    @staticmethod
+    def _holds_lease(
+        step: StoredStep | None,
+        worker_id: str,
+        report: StepReport,
+        result: Any,
+        now: float,
+    ) -> bool:
+        """True when the report may be applied; False for an exact replay; raise otherwise."""
+        where = f"step {report.step_name!r} of run {report.instance_id!r}"
+        token_matches = report.lease_token is None or (
+            step is not None and report.lease_token == step.lease_token
+        )
+        if step is None or step.status is Status.PENDING:
+            raise LeaseConflictError(
+                f"No worker holds {where}: it was never handed out, or its lease ran out and "
+                "it went back to the queue. Do not report it; the broker will hand it out again.",
+                details={"step_name": report.step_name},
+            )
+        if step.status is not Status.RUNNING:
+            replay = (
+                step.worker_id == worker_id
+                and token_matches
+                and step.status is report.state
+                and step.result == result
+            )
+            if replay:
+                return False
+            raise LeaseConflictError(
+                f"{where.capitalize()} already finished as {step.status.value}; "
+                "a second, different report is not accepted.",
+                details={"step_name": report.step_name, "status": step.status.value},
+            )
+        if step.worker_id != worker_id or not token_matches:
+            raise LeaseConflictError(
+                f"This worker does not hold the lease on {where} (another worker holds it, or "
+                "the lease token is stale). Drop the step without reporting it.",
+                details={"step_name": report.step_name},
+            )
+        if step.deadline is not None and step.deadline < now:
+            raise LeaseConflictError(
+                f"The lease on {where} ran out before the report arrived; the step will be "
+                "handed out again. Heartbeat more often than the lease length.",
+                details={"step_name": report.step_name},
+            )
+        return True
+
+    def keep_alive(self, worker_id: str, lease_tokens: list[str] | None = None) -> KeepAliveReply:
+        """Extend the worker's live leases (all of them, or the ones named).
+
+        The reply lists the leases extended, those the worker no longer holds
+        (lost: stop working on them and do not report) and those whose run was
+        cancelled.
+
+        Raises:
+            WorkerNotFoundError: The worker id is unknown.
+        """
+
+        def body(t: StorageTransaction) -> KeepAliveReply:
+            self._workflows_of(t, worker_id)
+            self._touch(t, worker_id, always=True)
+            now = t.now()
+            held = {row.lease_token: row for row in t.running_steps_of(worker_id)}
+            wanted = list(held) if lease_tokens is None else list(dict.fromkeys(lease_tokens))
+            live = {tok: held[tok] for tok in wanted if tok in held}
+            cancelled_runs = t.cancelled_runs(sorted({row.run_id for row in live.values()}))
+            reply = KeepAliveReply()
+            deadlines: list[float] = []
+            for token in wanted:
+                row = live.get(token)
+                if row is None or (row.deadline is not None and row.deadline < now):
+                    reply.lost.append(
+                        LeaseRef(
+                            instance_id=row.run_id if row else "",
+                            step_name=row.step_name if row else "",
+                            lease_token=str(token),
+                        )
+                    )
+                    continue
+                ref = LeaseRef(
+                    instance_id=row.run_id, step_name=row.step_name, lease_token=str(token)
+                )
+                if row.run_id in cancelled_runs:
+                    reply.cancelled.append(ref)
+                    continue
+                deadline = now + row.lease_seconds
+                if t.extend_lease(row, deadline):
+                    reply.extended.append(ref)
+                    deadlines.append(deadline)
+                else:  # pragma: no cover - the row is read in this transaction
+                    reply.lost.append(ref)
+            reply.deadline = _time(min(deadlines)) if deadlines else None
+            return reply
+
+        return self.storage.atomic(body)
+
+    # -- run API --------------------------------------------------------------------
+    def _read_run(self, t: StorageTransaction, run_id: str, *, lock: bool = False) -> StoredRun:
+        run = t.get_run(run_id, lock=lock)
+        if run is None:
+            raise RunNotFoundError(f"No run {run_id!r} exists.", details={"run_id": run_id})
+        return run
+
+    def get_run(self, run_id: str) -> RunDetails:
+        """The run with every step's state and, once finished, its result."""
+
+        def body(t: StorageTransaction) -> RunDetails:
+            run = self._read_run(t, run_id)
+            graph = self._graph(t, (run.workflow_id, run.version))
+            return self._details(graph, run, t.steps_of(run_id))
+
+        return self.storage.atomic(body, write=False)
+
+    def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunDetails:
+        """Block until the run is finished and return it.
+
+        Raises:
+            WaitTimeoutError: ``timeout`` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            since = self.storage.runs.generation
+            details = self.get_run(run_id)
+            if details.status.is_terminal:
+                return details
+            remaining = 3600.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeoutError(
+                    f"Run {run_id!r} is still {details.status.value} after {timeout:g} s.",
+                    details={"run_id": run_id, "status": details.status.value},
+                )
+            self._reap_if_due()
+            self.storage.runs.wait(since, min(remaining, self.storage.poll_interval))
+
+    def list_runs(
+        self,
+        *,
+        workflow_id: str | None = None,
+        status: Status | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs newest first; pass the page's ``next_cursor`` to get the next one."""
+        if not 1 <= limit <= _MAX_PAGE:
+            raise InvalidInputError(f"limit must be between 1 and {_MAX_PAGE}.")
+        before: int | None = None
+        if cursor is not None:
+            if not cursor.isdigit() or len(cursor) > 19:
+                raise InvalidInputError(
+                    "The cursor is not one this broker handed out; pass a page's next_cursor."
+                )
+            before = int(cursor)
+        rows = self.storage.atomic(
+            lambda t: t.list_runs(
+                workflow_id=workflow_id, status=status, limit=limit + 1, before_seq=before
+            ),
+            write=False,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return RunPage(
+            items=[self._summary(run) for run in rows],
+            next_cursor=str(rows[-1].seq) if more else None,
+        )
+
+    def cancel_run(self, run_id: str) -> RunDetails:
+        """Cancel the run: pending steps at once, running ones when they next hear from us.
+
+        Raises:
+            RunFinishedError: The run had already finished.
+        """
+
+        def body(t: StorageTransaction) -> RunDetails:
+            run = self._read_run(t, run_id, lock=True)
+            if run.status.is_terminal:
+                raise RunFinishedError(
+                    f"Run {run_id!r} already finished as {run.status.value}; nothing to cancel.",
+                    details={"run_id": run_id, "status": run.status.value},
+                )
+            graph = self._graph(t, (run.workflow_id, run.version))
+            now = t.now()
+            run.cancel_requested = True
+            rows = {row.step_name: row for row in t.steps_of(run_id)}
+            fresh: list[StoredStep] = []
+            for name in rules.cancel_run(graph, _facts(rows.values())):
+                row = rows.get(name)
+                if row is None:
+                    row = self._new_step(graph, run, name, Status.CANCELLED, now)
+                    fresh.append(row)
+                else:
+                    row.status = Status.CANCELLED
+                    row.finished_at = now
+                    t.update_step(row)
+                rows[name] = row
+            t.add_steps(fresh)
+            self._conclude(t, graph, run, rows.values(), now)
+            return self._details(graph, run, rows.values())
+
+        return self.storage.atomic(body)
+
+    def list_workflows(self) -> list[WorkflowSchema]:
+        """Every stored schema, by workflow id and version."""
+        return self.storage.atomic(lambda t: t.list_schemas(), write=False)
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Every registered worker, oldest first."""
+        workers = self.storage.atomic(lambda t: t.list_workers(), write=False)
+        return [
+            WorkerInfo(
+                worker_id=w.worker_id,
+                name=w.name,
+                workflows=list(w.workflows),
+                registered_at=_time(w.registered_at) or datetime.now(UTC),
+                last_seen_at=_time(w.last_seen_at) or datetime.now(UTC),
+            )
+            for w in workers
+        ]
+
+    # -- housekeeping ---------------------------------------------------------------
+    def expire_leases(self) -> int:
+        """Hand out again (or fail) every step whose lease ran out; return how many.
+
+        A background thread calls this every ``sweep_interval`` seconds and
+        claims call it too, so callers rarely need to.
+        """
+        self._last_reap = time.monotonic()
+        expired = self.storage.atomic(lambda t: t.expired_steps(_REAP_BATCH), write=False)
+        by_run: dict[str, list[str]] = {}
+        for run_id, step_name in expired:
+            by_run.setdefault(run_id, []).append(step_name)
+        handled = 0
+        for run_id, names in by_run.items():
+            handled += self.storage.atomic(
+                functools.partial(self._expire, run_id=run_id, names=names)
+            )
+        return handled
+
+    def _reap_if_due(self) -> None:
+        if time.monotonic() - self._last_reap >= _REAP_EVERY:
+            self.expire_leases()
+
+    def _expire(self, t: StorageTransaction, *, run_id: str, names: list[str]) -> int:
+        run = t.get_run(run_id, lock=True)
+        if run is None:
+            return 0
+        graph = self._graph(t, (run.workflow_id, run.version))
+        rows = {row.step_name: row for row in t.steps_of(run_id)}
+        now = t.now()
+        handled = 0
+        for name in names:
+            step = rows.get(name)
+            if step is None or step.status is not Status.RUNNING:
+                continue
+            if step.deadline is None or step.deadline >= now:
+                continue  # extended since it was listed
+            handled += 1
+            if step.attempt >= step.max_attempts or run.cancel_requested:
+                step.status = Status.CANCELLED if run.cancel_requested else Status.FAILED
+                step.error = StepError(
+                    type="LeaseExpired",
+                    message=(
+                        f"No worker reported step {name!r} before its lease ran out, on attempt "
+                        f"{step.attempt} of {step.max_attempts} (the worker died, hung or lost "
+                        "the broker)."
+                    ),
+                ).model_dump()
+                self._finish(t, graph, run, step, rows, now)
+            else:
+                step.status = Status.PENDING
+                step.worker_id = None
+                step.lease_token = None
+                step.deadline = None
+                step.ready_at = now
+                t.update_step(step)
+        return handled
+
+    def prune_runs(self, older_than: float) -> int:
+        """Delete runs that finished more than ``older_than`` seconds ago; return how many."""
+        deleted = 0
+        while True:
+            count = self.storage.atomic(lambda t: t.delete_finished_runs(t.now() - older_than, 500))
+            deleted += count
+            if count < 500:
+                return deleted
+
+    def close(self) -> None:
+        """Stop the sweeper and release the storage."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._sweeper is not None and self._sweeper is not threading.current_thread():
+            self._sweeper.join(timeout=5)
+        self.storage.close()
+
+
+def _sweep(ref: weakref.ref[StorageBroker], closed: threading.Event, interval: float) -> None:
+    """The sweeper thread: expire leases, prune old runs; ends with its broker."""
+    last_prune = 0.0
+    while not closed.wait(interval):
+        broker = ref()
+        if broker is None:
+            return
+        try:
+            broker.expire_leases()
+            if broker.retention is not None and time.monotonic() - last_prune > 60:
+                last_prune = time.monotonic()
+                broker.prune_runs(broker.retention)
+        except Exception as exc:
+            log.debug("sweep failed: %s: %s", type(exc).__name__, exc)
+        del broker

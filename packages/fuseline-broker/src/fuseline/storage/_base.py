@@ -1,0 +1,319 @@
+"""``RuntimeStorage``: what a broker needs from the place it keeps its state.
+
+The broker decides; the storage only stores. A broker opens a transaction with
+:meth:`RuntimeStorage.atomic`, reads and writes rows through the
+:class:`StorageTransaction` it is given, and everything it did commits
+together or not at all. Rows are plain dataclasses holding JSON-ready values;
+times are seconds since the epoch as read from the storage's own clock (the
+database server's clock for PostgreSQL), so that every broker process over one
+database judges lease deadlines the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fuseline.status import Status
+from fuseline.workflow import WorkflowSchema
+
+__all__ = [
+    "RuntimeStorage",
+    "Signal",
+    "StorageTransaction",
+    "StoredRun",
+    "StoredStep",
+    "StoredWorker",
+    "WorkflowKey",
+]
+
+T = TypeVar("T")
+
+WorkflowKey = tuple[str, str]
+"""``(workflow_id, version)``."""
+
+
+@dataclass
+class StoredWorker:
+    """A registered worker and the workflow versions it runs."""
+
+    worker_id: str
+    name: str | None
+    workflows: list[WorkflowKey]
+    registered_at: float
+    last_seen_at: float
+
+
+@dataclass
+class StoredRun:
+    """One run of a workflow version.
+
+    Attributes:
+        finished_steps: How many steps reached a final state by a report or a
+            lease running out; it numbers them so that the first member of an
+            OR group to finish is known.
+        request_hash: Fingerprint of the dispatch request, compared when the
+            same idempotency key comes again.
+        seq: Creation order, assigned by the storage; newest runs have the
+            highest number.
+    """
+
+    run_id: str
+    workflow_id: str
+    version: str
+    inputs: dict[str, Any]
+    status: Status
+    created_at: float
+    finished_at: float | None = None
+    cancel_requested: bool = False
+    result: dict[str, Any] | None = None
+    finished_steps: int = 0
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    seq: int = 0
+
+
+@dataclass
+class StoredStep:
+    """A step of a run that was enqueued, skipped or cancelled.
+
+    Steps that are still waiting for their predecessors have no row at all:
+    a row is created exactly once, when the rules decide the step's fate, and
+    the storage's uniqueness on ``(run_id, step_name)`` makes a second
+    enqueue impossible.
+
+    Attributes:
+        attempt: How many times the step was handed out.
+        max_attempts: Hand-outs allowed before an expired lease fails the step.
+        lease_seconds: Length of a lease (and of each heartbeat's extension).
+        deadline: When the current lease runs out (RUNNING steps only).
+        branch: For a SUCCEEDED step, the label its result chose.
+        finish_order: The run's ``finished_steps`` count when this step finished.
+        or_winners: For each OR-group parameter, the member it binds.
+        ready_at: When the step was (last) put in the queue; the queue is FIFO.
+    """
+
+    run_id: str
+    step_name: str
+    workflow_id: str
+    version: str
+    status: Status = Status.PENDING
+    attempt: int = 0
+    max_attempts: int = 1
+    lease_seconds: float = 30.0
+    worker_id: str | None = None
+    lease_token: str | None = None
+    deadline: float | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    branch: str | None = None
+    finish_order: int | None = None
+    or_winners: dict[str, str] = field(default_factory=dict)
+    ready_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class StorageTransaction(ABC):
+    """Reads and writes inside one transaction. Obtain one from ``RuntimeStorage.atomic``."""
+
+    @abstractmethod
+    def now(self) -> float:
+        """The storage clock, in seconds since the epoch (fixed per transaction)."""
+
+    # -- schemas ------------------------------------------------------------------
+    @abstractmethod
+    def get_schema(self, key: WorkflowKey) -> WorkflowSchema | None:
+        """The schema stored under ``key``, if any."""
+
+    @abstractmethod
+    def add_schema(self, schema: WorkflowSchema) -> None:
+        """Store ``schema`` unless its key is taken (then do nothing)."""
+
+    @abstractmethod
+    def list_schemas(self) -> list[WorkflowSchema]:
+        """Every stored schema, by workflow id and version."""
+
+    # -- workers ------------------------------------------------------------------
+    @abstractmethod
+    def add_worker(self, worker: StoredWorker) -> None:
+        """Store a new worker."""
+
+    @abstractmethod
+    def get_worker(self, worker_id: str) -> StoredWorker | None:
+        """The worker with that id, if any."""
+
+    @abstractmethod
+    def touch_worker(self, worker_id: str, seen_at: float) -> None:
+        """Record that the worker was heard from."""
+
+    @abstractmethod
+    def list_workers(self) -> list[StoredWorker]:
+        """Every worker, oldest registration first."""
+
+    # -- runs ---------------------------------------------------------------------
+    @abstractmethod
+    def add_run(self, run: StoredRun) -> bool:
+        """Store a new run; False (and nothing stored) when its idempotency key is taken."""
+
+    @abstractmethod
+    def find_run_by_key(self, idempotency_key: str) -> StoredRun | None:
+        """The run created with that idempotency key, if any."""
+
+    @abstractmethod
+    def get_run(self, run_id: str, *, lock: bool = False) -> StoredRun | None:
+        """The run, if any. ``lock`` holds it until the transaction ends.
+
+        Every change to a run's steps that depends on the state of its other
+        steps (reports, expiries, cancellation) locks the run first, so those
+        changes happen one after the other.
+        """
+
+    @abstractmethod
+    def update_run(self, run: StoredRun) -> None:
+        """Write the run's status, result, finish time, counters and cancel flag."""
+
+    @abstractmethod
+    def list_runs(
+        self,
+        *,
+        workflow_id: str | None,
+        status: Status | None,
+        limit: int,
+        before_seq: int | None,
+    ) -> list[StoredRun]:
+        """Runs newest first, optionally filtered, older than ``before_seq`` when given."""
+
+    @abstractmethod
+    def delete_finished_runs(self, finished_before: float, limit: int) -> int:
+        """Delete up to ``limit`` runs (with their steps) that finished before the time."""
+
+    # -- steps --------------------------------------------------------------------
+    @abstractmethod
+    def steps_of(self, run_id: str) -> list[StoredStep]:
+        """Every step row of the run."""
+
+    @abstractmethod
+    def get_step(self, run_id: str, step_name: str) -> StoredStep | None:
+        """One step row, if it exists."""
+
+    @abstractmethod
+    def add_steps(self, steps: Sequence[StoredStep]) -> None:
+        """Create step rows. Creating a row that exists is an error (a bug upstream)."""
+
+    @abstractmethod
+    def update_step(self, step: StoredStep) -> None:
+        """Write every field of an existing step row."""
+
+    @abstractmethod
+    def claim_steps(
+        self,
+        worker_id: str,
+        workflows: Sequence[WorkflowKey],
+        limit: int,
+        tokens: Callable[[], str],
+    ) -> list[StoredStep]:
+        """Hand up to ``limit`` queued steps of ``workflows`` to the worker, oldest first.
+
+        Each claimed row becomes RUNNING with its attempt counted, a new lease
+        token from ``tokens()``, and a deadline ``lease_seconds`` from now. A
+        step is never handed to two claims at once, also when several
+        processes claim concurrently.
+        """
+
+    @abstractmethod
+    def running_steps_of(self, worker_id: str) -> list[StoredStep]:
+        """The RUNNING steps whose lease the worker holds (live or expired)."""
+
+    @abstractmethod
+    def cancelled_runs(self, run_ids: Sequence[str]) -> set[str]:
+        """Which of the runs have a cancellation request."""
+
+    @abstractmethod
+    def extend_lease(self, step: StoredStep, deadline: float) -> bool:
+        """Move a RUNNING step's deadline if it still holds ``step.lease_token``."""
+
+    @abstractmethod
+    def expired_steps(self, limit: int) -> list[tuple[str, str]]:
+        """``(run_id, step_name)`` of RUNNING steps whose deadline has passed."""
+
+    @abstractmethod
+    def results_of(self, run_id: str, step_names: Sequence[str]) -> dict[str, Any]:
+        """The results of those steps of the run that SUCCEEDED."""
+
+    # -- wake-ups -----------------------------------------------------------------
+    @abstractmethod
+    def notify_work(self) -> None:
+        """After commit, wake claims waiting for work (in every process if possible)."""
+
+    @abstractmethod
+    def notify_runs(self) -> None:
+        """After commit, wake callers waiting for runs to finish."""
+
+
+class Signal:
+    """A wake-up hint that any number of threads can wait for.
+
+    It carries no data: a waiter that wakes up looks at the storage again.
+    Waiting on a generation number, not a flag, means a hint given between a
+    waiter's last look and its wait is never missed.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """The number of hints given so far."""
+        return self._generation
+
+    def fire(self) -> None:
+        """Wake every waiter."""
+        with self._condition:
+            self._generation += 1
+            self._condition.notify_all()
+
+    def wait(self, since: int, timeout: float) -> bool:
+        """Wait until a hint newer than ``since`` or ``timeout`` seconds; True on a hint."""
+        with self._condition:
+            return self._condition.wait_for(lambda: self._generation != since, timeout)
+
+
+class RuntimeStorage(ABC):
+    """Where a broker keeps schemas, workers, runs and step rows.
+
+    Attributes:
+        work: Fired after a commit that made steps ready.
+        runs: Fired after a commit that finished a run.
+        poll_interval: How long a waiter may rely on the signals alone before
+            looking at the storage again (other processes may have changed it
+            without this process hearing of it).
+        description: Where the state lives, safe to log (no password).
+    """
+
+    poll_interval: float = 0.5
+    description: str = "storage"
+
+    def __init__(self) -> None:
+        self.work = Signal()
+        self.runs = Signal()
+
+    @abstractmethod
+    def atomic(self, body: Callable[[StorageTransaction], T], *, write: bool = True) -> T:
+        """Run ``body`` in one transaction and return what it returns.
+
+        Everything ``body`` wrote commits when it returns and is rolled back
+        when it raises. A transaction that lost a race with another one
+        (deadlock, serialization failure) is run again from the start, so
+        ``body`` must not have effects outside the transaction.
+
+        Raises:
+            BrokerUnavailableError: The storage cannot be reached.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release connections and threads."""

@@ -1,0 +1,202 @@
+"""PostgreSQL storage: the production backend, for any number of broker processes.
+
+Transactions run at READ COMMITTED. Changes to a run lock its row first
+(``SELECT ... FOR UPDATE``), so reports, expiries and cancellation of one run
+happen one after the other while other runs proceed in parallel; claims lock
+queued step rows with ``FOR UPDATE SKIP LOCKED``, so concurrent claims never
+take the same step nor wait for each other. Deadlines use the database
+server's clock.
+
+``NOTIFY`` after a commit that made work ready (or finished a run) wakes the
+waiting claims of every broker process at once; it is only a hint, and
+waiters look at the tables again every ``poll_interval`` anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from fuseline.errors import BrokerUnavailableError, MissingDependencyError
+from fuseline.storage._base import RuntimeStorage, StorageTransaction
+from fuseline.storage._sql import POSTGRESQL, SqlTransaction, migrations
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - exercised by the packaging checks
+    raise MissingDependencyError(
+        'PostgreSQL storage needs psycopg: pip install "fuseline-broker[postgres]"'
+    ) from exc
+
+__all__ = ["PostgresStorage", "safe_url"]
+
+T = TypeVar("T")
+
+log = logging.getLogger("fuseline.storage")
+
+_WORK_CHANNEL = "fuseline_work"
+_RUNS_CHANNEL = "fuseline_runs"
+_MIGRATION_LOCK = 7_346_112_901  # any constant: serialises migrations across processes
+_RETRIES = 5
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password or query string, fit for logs."""
+    try:
+        parts = urlsplit(url)
+        user = f"{parts.username}@" if parts.username else ""
+        port = f":{parts.port}" if parts.port else ""
+        return f"postgresql://{user}{parts.hostname or 'localhost'}{port}{parts.path}"
+    except ValueError:
+        return "postgresql://(an unparsable URL)"
+
+
+class _PgTransaction(SqlTransaction):
+    """Sends NOTIFY inside the transaction; PostgreSQL delivers it on commit."""
+
+    def notify_work(self) -> None:
+        if not self.work_changed:
+            self._execute(f"NOTIFY {_WORK_CHANNEL}")
+        super().notify_work()
+
+    def notify_runs(self) -> None:
+        if not self.runs_changed:
+            self._execute(f"NOTIFY {_RUNS_CHANNEL}")
+        super().notify_runs()
+
+
+class PostgresStorage(RuntimeStorage):
+    """State in PostgreSQL, through a pool of connections.
+
+    Args:
+        url: A ``postgresql://`` connection URL.
+        min_connections: Connections kept open.
+        max_connections: Most connections this process opens.
+        connect_timeout: Seconds to wait for a connection before answering
+            that the database is unavailable.
+        poll_interval: How often waiters look at the tables when no
+            notification came.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_connections: int = 1,
+        max_connections: int = 16,
+        connect_timeout: float = 10.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self._url = url
+        self.description = f"PostgreSQL at {safe_url(url)}"
+        self.poll_interval = poll_interval
+        self._timeout = connect_timeout
+        self._stopped = threading.Event()
+        self._pool = ConnectionPool(
+            url,
+            min_size=min_connections,
+            max_size=max_connections,
+            timeout=connect_timeout,
+            open=False,
+            name="fuseline",
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+            self._migrate()
+        except (psycopg.Error, PoolTimeout) as exc:
+            self._pool.close()
+            raise BrokerUnavailableError(
+                f"Cannot use {self.description}: {type(exc).__name__}. Check that the server "
+                "is running and DATABASE_URL is right."
+            ) from None
+        self._listener = threading.Thread(
+            target=self._listen, name="fuseline-pg-listen", daemon=True
+        )
+        self._listener.start()
+
+    def _migrate(self) -> None:
+        with self._pool.connection() as connection, connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS fuseline_schema_version (version INTEGER NOT NULL)"
+            )
+            row = connection.execute("SELECT max(version) FROM fuseline_schema_version").fetchone()
+            current = (row[0] if row else None) or 0
+            steps = migrations(POSTGRESQL)
+            for version in range(current, len(steps)):
+                for statement in steps[version]:
+                    connection.execute(statement)
+                connection.execute(
+                    "INSERT INTO fuseline_schema_version (version) VALUES (%s)", (version + 1,)
+                )
+
+    def atomic(self, body: Callable[[StorageTransaction], T], *, write: bool = True) -> T:
+        """Run ``body`` in one transaction, again when it lost a deadlock or serialization race."""
+        for attempt in range(_RETRIES):
+            try:
+                return self._attempt(body)
+            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
+                if attempt == _RETRIES - 1:
+                    raise BrokerUnavailableError(
+                        "The database kept aborting the transaction; try again."
+                    ) from None
+                time.sleep(0.005 * (attempt + 1))
+            except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+                raise BrokerUnavailableError(
+                    f"{self.description} is unavailable ({type(exc).__name__}); try again."
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt(self, body: Callable[[StorageTransaction], T]) -> T:
+        with self._pool.connection() as connection:
+            transaction = _PgTransaction(connection, POSTGRESQL, time.time)
+            with connection.transaction():
+                result = body(transaction)
+        if transaction.work_changed:
+            self.work.fire()
+        if transaction.runs_changed:
+            self.runs.fire()
+        return result
+
+    def _listen(self) -> None:
+        """Turn NOTIFY from any broker process into local wake-ups; reconnect on loss."""
+        pause = 0.1
+        while not self._stopped.is_set():
+            try:
+                with psycopg.connect(
+                    self._url, autocommit=True, connect_timeout=max(1, int(self._timeout))
+                ) as connection:
+                    connection.execute(f"LISTEN {_WORK_CHANNEL}")
+                    connection.execute(f"LISTEN {_RUNS_CHANNEL}")
+                    pause = 0.1
+                    # Anything may have happened while no one listened.
+                    self.work.fire()
+                    self.runs.fire()
+                    while not self._stopped.is_set():
+                        for note in connection.notifies(timeout=0.5):
+                            self._wake(note)
+            except psycopg.Error as exc:
+                if self._stopped.is_set():
+                    return
+                log.debug("notification listener lost its connection: %s", type(exc).__name__)
+                self._stopped.wait(pause)
+                pause = min(pause * 2, 5.0)
+
+    def _wake(self, note: Any) -> None:
+        if note.channel == _WORK_CHANNEL:
+            self.work.fire()
+        elif note.channel == _RUNS_CHANNEL:
+            self.runs.fire()
+
+    def close(self) -> None:
+        """Stop listening and close the pool."""
+        self._stopped.set()
+        self._pool.close()
+        self._listener.join(timeout=2)

@@ -1,0 +1,570 @@
+"""The SQL shared by the SQLite and PostgreSQL backends.
+
+Both speak the same statements; a :class:`Dialect` covers what differs
+(parameter markers, row locks, the clock, the identity column). Values are
+stored as JSON text and times as seconds since the epoch, so one schema and
+one set of statements serve both databases.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fuseline.status import Status
+from fuseline.storage._base import (
+    StorageTransaction,
+    StoredRun,
+    StoredStep,
+    StoredWorker,
+    WorkflowKey,
+)
+from fuseline.workflow import WorkflowSchema
+
+__all__ = ["SCHEMA_VERSION", "Dialect", "SqlTransaction", "migrations"]
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the statements use."""
+
+    def fetchone(self) -> Any:
+        """One row or None."""
+        ...
+
+    def fetchall(self) -> list[Any]:
+        """The remaining rows."""
+        ...
+
+
+class Connection(Protocol):
+    """The part of a connection the statements use (sqlite3 and psycopg both have it)."""
+
+    def execute(self, sql: Any, params: Any = ...) -> Any:
+        """Run one statement."""
+        ...
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the SQL databases.
+
+    Attributes:
+        name: ``sqlite`` or ``postgresql``.
+        marker: The parameter marker (``?`` or ``%s``).
+        lock: Suffix that locks the selected rows until commit ("" when the
+            whole database is locked by the transaction anyway).
+        skip_locked: Suffix that locks rows and passes over those another
+            transaction holds.
+        seq_column: Definition of an auto-numbered primary key column.
+        clock: A query that returns the server's time in epoch seconds, or
+            None to read this machine's clock.
+    """
+
+    name: str
+    marker: str
+    lock: str
+    skip_locked: str
+    seq_column: str
+    clock: str | None
+
+    def sql(self, statement: str) -> str:
+        """``statement`` with ``?`` markers turned into this dialect's."""
+        return statement if self.marker == "?" else statement.replace("?", self.marker)
+
+
+SQLITE = Dialect(
+    name="sqlite",
+    marker="?",
+    lock="",
+    skip_locked="",
+    seq_column="seq INTEGER PRIMARY KEY AUTOINCREMENT",
+    clock=None,
+)
+POSTGRESQL = Dialect(
+    name="postgresql",
+    marker="%s",
+    lock=" FOR UPDATE",
+    skip_locked=" FOR UPDATE SKIP LOCKED",
+    seq_column="seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    clock="SELECT extract(epoch FROM clock_timestamp())::float8",
+)
+
+SCHEMA_VERSION = 1
+
+
+def migrations(dialect: Dialect) -> list[list[str]]:
+    """The statements that bring an empty database to each schema version, in order.
+
+    Entry ``i`` upgrades version ``i`` to ``i + 1``. Add new entries at the
+    end; never edit one that has shipped.
+    """
+    return [
+        [
+            """CREATE TABLE fuseline_schemas (
+                workflow_id TEXT NOT NULL,
+                version TEXT NOT NULL,
+                body TEXT NOT NULL,
+                PRIMARY KEY (workflow_id, version))""",
+            """CREATE TABLE fuseline_workers (
+                worker_id TEXT PRIMARY KEY,
+                name TEXT,
+                workflows TEXT NOT NULL,
+                registered_at DOUBLE PRECISION NOT NULL,
+                last_seen_at DOUBLE PRECISION NOT NULL)""",
+            f"""CREATE TABLE fuseline_runs (
+                {dialect.seq_column},
+                run_id TEXT NOT NULL UNIQUE,
+                workflow_id TEXT NOT NULL,
+                version TEXT NOT NULL,
+                inputs TEXT NOT NULL,
+                status TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                finished_at DOUBLE PRECISION,
+                cancel_requested INTEGER NOT NULL DEFAULT 0,
+                result TEXT,
+                finished_steps INTEGER NOT NULL DEFAULT 0,
+                idempotency_key TEXT UNIQUE,
+                request_hash TEXT)""",
+            "CREATE INDEX fuseline_runs_by_workflow ON fuseline_runs (workflow_id, seq)",
+            "CREATE INDEX fuseline_runs_by_status ON fuseline_runs (status, seq)",
+            """CREATE INDEX fuseline_runs_by_finish ON fuseline_runs (finished_at)
+                WHERE finished_at IS NOT NULL""",
+            """CREATE TABLE fuseline_steps (
+                run_id TEXT NOT NULL,
+                step_name TEXT NOT NULL,
+                workflow_id TEXT NOT NULL,
+                version TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempt INTEGER NOT NULL,
+                max_attempts INTEGER NOT NULL,
+                lease_seconds DOUBLE PRECISION NOT NULL,
+                worker_id TEXT,
+                lease_token TEXT,
+                deadline DOUBLE PRECISION,
+                result TEXT,
+                error TEXT,
+                branch TEXT,
+                finish_order INTEGER,
+                or_winners TEXT NOT NULL,
+                ready_at DOUBLE PRECISION NOT NULL,
+                started_at DOUBLE PRECISION,
+                finished_at DOUBLE PRECISION,
+                PRIMARY KEY (run_id, step_name))""",
+            """CREATE INDEX fuseline_steps_queue ON fuseline_steps (ready_at)
+                WHERE status = 'PENDING'""",
+            """CREATE INDEX fuseline_steps_leases ON fuseline_steps (deadline)
+                WHERE status = 'RUNNING'""",
+            """CREATE INDEX fuseline_steps_holders ON fuseline_steps (worker_id)
+                WHERE status = 'RUNNING'""",
+        ]
+    ]
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+_STEP_COLUMNS = (
+    "run_id, step_name, workflow_id, version, status, attempt, max_attempts, lease_seconds, "
+    "worker_id, lease_token, deadline, result, error, branch, finish_order, or_winners, "
+    "ready_at, started_at, finished_at"
+)
+_RUN_COLUMNS = (
+    "run_id, workflow_id, version, inputs, status, created_at, finished_at, cancel_requested, "
+    "result, finished_steps, idempotency_key, request_hash, seq"
+)
+
+
+def _step(row: Sequence[Any]) -> StoredStep:
+    return StoredStep(
+        run_id=row[0],
+        step_name=row[1],
+        workflow_id=row[2],
+        version=row[3],
+        status=Status(row[4]),
+        attempt=row[5],
+        max_attempts=row[6],
+        lease_seconds=row[7],
+        worker_id=row[8],
+        lease_token=row[9],
+        deadline=row[10],
+        result=_load(row[11]),
+        error=_load(row[12]),
+        branch=row[13],
+        finish_order=row[14],
+        or_winners=_load(row[15]),
+        ready_at=row[16],
+        started_at=row[17],
+        finished_at=row[18],
+    )
+
+
+def _step_values(step: StoredStep) -> tuple[Any, ...]:
+    return (
+        step.run_id,
+        step.step_name,
+        step.workflow_id,
+        step.version,
+        step.status.value,
+        step.attempt,
+        step.max_attempts,
+        step.lease_seconds,
+        step.worker_id,
+        step.lease_token,
+        step.deadline,
+        _dump(step.result) if step.status is Status.SUCCEEDED else None,
+        None if step.error is None else _dump(step.error),
+        step.branch,
+        step.finish_order,
+        _dump(step.or_winners),
+        step.ready_at,
+        step.started_at,
+        step.finished_at,
+    )
+
+
+def _run(row: Sequence[Any]) -> StoredRun:
+    return StoredRun(
+        run_id=row[0],
+        workflow_id=row[1],
+        version=row[2],
+        inputs=_load(row[3]),
+        status=Status(row[4]),
+        created_at=row[5],
+        finished_at=row[6],
+        cancel_requested=bool(row[7]),
+        result=_load(row[8]),
+        finished_steps=row[9],
+        idempotency_key=row[10],
+        request_hash=row[11],
+        seq=row[12],
+    )
+
+
+class SqlTransaction(StorageTransaction):
+    """The storage operations as SQL statements on one open transaction."""
+
+    def __init__(
+        self, connection: Connection, dialect: Dialect, clock: Callable[[], float]
+    ) -> None:
+        self._connection = connection
+        self._dialect = dialect
+        self._clock = clock
+        self._now: float | None = None
+        self.work_changed = False
+        self.runs_changed = False
+
+    def _execute(self, statement: str, params: Sequence[Any] = ()) -> Cursor:
+        return self._connection.execute(self._dialect.sql(statement), tuple(params))  # type: ignore[no-any-return]
+
+    def now(self) -> float:
+        """The storage clock, read once per transaction."""
+        if self._now is None:
+            if self._dialect.clock is None:
+                self._now = self._clock()
+            else:
+                self._now = float(self._execute(self._dialect.clock).fetchone()[0])
+        return self._now
+
+    # -- schemas ------------------------------------------------------------------
+    def get_schema(self, key: WorkflowKey) -> WorkflowSchema | None:
+        """The schema stored under ``key``."""
+        row = self._execute(
+            "SELECT body FROM fuseline_schemas WHERE workflow_id = ? AND version = ?", key
+        ).fetchone()
+        return None if row is None else WorkflowSchema.model_validate_json(row[0])
+
+    def add_schema(self, schema: WorkflowSchema) -> None:
+        """Store ``schema`` unless its key is taken."""
+        self._execute(
+            "INSERT INTO fuseline_schemas (workflow_id, version, body) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (schema.workflow_id, schema.version, schema.model_dump_json()),
+        )
+
+    def list_schemas(self) -> list[WorkflowSchema]:
+        """Every stored schema."""
+        rows = self._execute(
+            "SELECT body FROM fuseline_schemas ORDER BY workflow_id, version"
+        ).fetchall()
+        return [WorkflowSchema.model_validate_json(row[0]) for row in rows]
+
+    # -- workers ------------------------------------------------------------------
+    def add_worker(self, worker: StoredWorker) -> None:
+        """Store a new worker."""
+        self._execute(
+            "INSERT INTO fuseline_workers "
+            "(worker_id, name, workflows, registered_at, last_seen_at) VALUES (?, ?, ?, ?, ?)",
+            (
+                worker.worker_id,
+                worker.name,
+                _dump([list(key) for key in worker.workflows]),
+                worker.registered_at,
+                worker.last_seen_at,
+            ),
+        )
+
+    def _worker(self, row: Sequence[Any]) -> StoredWorker:
+        return StoredWorker(
+            worker_id=row[0],
+            name=row[1],
+            workflows=[(w, v) for w, v in _load(row[2])],
+            registered_at=row[3],
+            last_seen_at=row[4],
+        )
+
+    def get_worker(self, worker_id: str) -> StoredWorker | None:
+        """The worker with that id."""
+        row = self._execute(
+            "SELECT worker_id, name, workflows, registered_at, last_seen_at "
+            "FROM fuseline_workers WHERE worker_id = ?",
+            (worker_id,),
+        ).fetchone()
+        return None if row is None else self._worker(row)
+
+    def touch_worker(self, worker_id: str, seen_at: float) -> None:
+        """Record that the worker was heard from."""
+        self._execute(
+            "UPDATE fuseline_workers SET last_seen_at = ? WHERE worker_id = ?",
+            (seen_at, worker_id),
+        )
+
+    def list_workers(self) -> list[StoredWorker]:
+        """Every worker."""
+        rows = self._execute(
+            "SELECT worker_id, name, workflows, registered_at, last_seen_at "
+            "FROM fuseline_workers ORDER BY registered_at, worker_id"
+        ).fetchall()
+        return [self._worker(row) for row in rows]
+
+    # -- runs ---------------------------------------------------------------------
+    def add_run(self, run: StoredRun) -> bool:
+        """Store a new run unless its idempotency key is taken."""
+        row = self._execute(
+            "INSERT INTO fuseline_runs (run_id, workflow_id, version, inputs, status, "
+            "created_at, finished_at, cancel_requested, result, finished_steps, "
+            "idempotency_key, request_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING RETURNING seq",
+            (
+                run.run_id,
+                run.workflow_id,
+                run.version,
+                _dump(run.inputs),
+                run.status.value,
+                run.created_at,
+                run.finished_at,
+                int(run.cancel_requested),
+                None if run.result is None else _dump(run.result),
+                run.finished_steps,
+                run.idempotency_key,
+                run.request_hash,
+            ),
+        ).fetchone()
+        if row is None:
+            return False
+        run.seq = row[0]
+        return True
+
+    def find_run_by_key(self, idempotency_key: str) -> StoredRun | None:
+        """The run created with that idempotency key."""
+        row = self._execute(
+            f"SELECT {_RUN_COLUMNS} FROM fuseline_runs WHERE idempotency_key = ?",
+            (idempotency_key,),
+        ).fetchone()
+        return None if row is None else _run(row)
+
+    def get_run(self, run_id: str, *, lock: bool = False) -> StoredRun | None:
+        """The run, locked until commit when ``lock``."""
+        suffix = self._dialect.lock if lock else ""
+        row = self._execute(
+            f"SELECT {_RUN_COLUMNS} FROM fuseline_runs WHERE run_id = ?{suffix}", (run_id,)
+        ).fetchone()
+        return None if row is None else _run(row)
+
+    def update_run(self, run: StoredRun) -> None:
+        """Write the run's changing fields."""
+        self._execute(
+            "UPDATE fuseline_runs SET status = ?, finished_at = ?, cancel_requested = ?, "
+            "result = ?, finished_steps = ? WHERE run_id = ?",
+            (
+                run.status.value,
+                run.finished_at,
+                int(run.cancel_requested),
+                None if run.result is None else _dump(run.result),
+                run.finished_steps,
+                run.run_id,
+            ),
+        )
+
+    def list_runs(
+        self,
+        *,
+        workflow_id: str | None,
+        status: Status | None,
+        limit: int,
+        before_seq: int | None,
+    ) -> list[StoredRun]:
+        """Runs newest first."""
+        where: list[str] = []
+        params: list[Any] = []
+        if workflow_id is not None:
+            where.append("workflow_id = ?")
+            params.append(workflow_id)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status.value)
+        if before_seq is not None:
+            where.append("seq < ?")
+            params.append(before_seq)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self._execute(
+            f"SELECT {_RUN_COLUMNS} FROM fuseline_runs{clause} ORDER BY seq DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+        return [_run(row) for row in rows]
+
+    def delete_finished_runs(self, finished_before: float, limit: int) -> int:
+        """Delete old finished runs and their steps."""
+        rows = self._execute(
+            "SELECT run_id FROM fuseline_runs WHERE finished_at IS NOT NULL AND finished_at < ? "
+            f"ORDER BY finished_at LIMIT ?{self._dialect.skip_locked}",
+            (finished_before, limit),
+        ).fetchall()
+        for (run_id,) in rows:
+            self._execute("DELETE FROM fuseline_steps WHERE run_id = ?", (run_id,))
+            self._execute("DELETE FROM fuseline_runs WHERE run_id = ?", (run_id,))
+        return len(rows)
+
+    # -- steps --------------------------------------------------------------------
+    def steps_of(self, run_id: str) -> list[StoredStep]:
+        """Every step row of the run."""
+        rows = self._execute(
+            f"SELECT {_STEP_COLUMNS} FROM fuseline_steps WHERE run_id = ?", (run_id,)
+        ).fetchall()
+        return [_step(row) for row in rows]
+
+    def get_step(self, run_id: str, step_name: str) -> StoredStep | None:
+        """One step row."""
+        row = self._execute(
+            f"SELECT {_STEP_COLUMNS} FROM fuseline_steps WHERE run_id = ? AND step_name = ?",
+            (run_id, step_name),
+        ).fetchone()
+        return None if row is None else _step(row)
+
+    def add_steps(self, steps: Sequence[StoredStep]) -> None:
+        """Create step rows; the primary key refuses a second row for a step."""
+        marks = ", ".join("?" * 19)
+        for step in steps:
+            self._execute(
+                f"INSERT INTO fuseline_steps ({_STEP_COLUMNS}) VALUES ({marks})",
+                _step_values(step),
+            )
+            if step.status is Status.PENDING:
+                self.notify_work()
+
+    def update_step(self, step: StoredStep) -> None:
+        """Write every field of an existing step row."""
+        values = _step_values(step)
+        assignments = ", ".join(f"{c} = ?" for c in _STEP_COLUMNS.split(", ")[4:])
+        self._execute(
+            f"UPDATE fuseline_steps SET {assignments} WHERE run_id = ? AND step_name = ?",
+            (*values[4:], step.run_id, step.step_name),
+        )
+        if step.status is Status.PENDING:
+            self.notify_work()
+
+    def claim_steps(
+        self,
+        worker_id: str,
+        workflows: Sequence[WorkflowKey],
+        limit: int,
+        tokens: Callable[[], str],
+    ) -> list[StoredStep]:
+        """Hand queued steps to the worker, oldest first, skipping rows others hold."""
+        if not workflows or limit < 1:
+            return []
+        keys = " OR ".join("(workflow_id = ? AND version = ?)" for _ in workflows)
+        picked = self._execute(
+            "SELECT run_id, step_name FROM fuseline_steps "
+            f"WHERE status = 'PENDING' AND ({keys}) "
+            f"ORDER BY ready_at LIMIT ?{self._dialect.skip_locked}",
+            (*(part for key in workflows for part in key), limit),
+        ).fetchall()
+        now = self.now()
+        claimed: list[StoredStep] = []
+        for run_id, step_name in picked:
+            row = self._execute(
+                "UPDATE fuseline_steps SET status = 'RUNNING', attempt = attempt + 1, "
+                "worker_id = ?, lease_token = ?, deadline = ? + lease_seconds, started_at = ? "
+                f"WHERE run_id = ? AND step_name = ? AND status = 'PENDING' "
+                f"RETURNING {_STEP_COLUMNS}",
+                (worker_id, tokens(), now, now, run_id, step_name),
+            ).fetchone()
+            if row is not None:
+                claimed.append(_step(row))
+        return claimed
+
+    def running_steps_of(self, worker_id: str) -> list[StoredStep]:
+        """RUNNING steps whose lease the worker holds."""
+        rows = self._execute(
+            f"SELECT {_STEP_COLUMNS} FROM fuseline_steps "
+            "WHERE worker_id = ? AND status = 'RUNNING'",
+            (worker_id,),
+        ).fetchall()
+        return [_step(row) for row in rows]
+
+    def cancelled_runs(self, run_ids: Sequence[str]) -> set[str]:
+        """Which of the runs have a cancellation request."""
+        if not run_ids:
+            return set()
+        marks = ", ".join("?" * len(run_ids))
+        rows = self._execute(
+            f"SELECT run_id FROM fuseline_runs WHERE cancel_requested = 1 AND run_id IN ({marks})",
+            tuple(run_ids),
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    def extend_lease(self, step: StoredStep, deadline: float) -> bool:
+        """Move a RUNNING step's deadline if its lease token is unchanged."""
+        row = self._execute(
+            "UPDATE fuseline_steps SET deadline = ? WHERE run_id = ? AND step_name = ? "
+            "AND status = 'RUNNING' AND lease_token = ? RETURNING step_name",
+            (deadline, step.run_id, step.step_name, step.lease_token),
+        ).fetchone()
+        return row is not None
+
+    def expired_steps(self, limit: int) -> list[tuple[str, str]]:
+        """RUNNING steps whose deadline has passed."""
+        rows = self._execute(
+            "SELECT run_id, step_name FROM fuseline_steps "
+            "WHERE status = 'RUNNING' AND deadline < ? ORDER BY deadline LIMIT ?",
+            (self.now(), limit),
+        ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def results_of(self, run_id: str, step_names: Sequence[str]) -> dict[str, Any]:
+        """Results of the named steps that SUCCEEDED."""
+        if not step_names:
+            return {}
+        marks = ", ".join("?" * len(step_names))
+        rows = self._execute(
+            "SELECT step_name, result FROM fuseline_steps WHERE run_id = ? "
+            f"AND status = 'SUCCEEDED' AND step_name IN ({marks})",
+            (run_id, *step_names),
+        ).fetchall()
+        return {row[0]: _load(row[1]) for row in rows}
+
+    # -- wake-ups -----------------------------------------------------------------
+    def notify_work(self) -> None:
+        """Remember to wake waiting claims after commit."""
+        self.work_changed = True
+
+    def notify_runs(self) -> None:
+        """Remember to wake run waiters after commit."""
+        self.runs_changed = True
