@@ -348,13 +348,8 @@ class StorageBroker(Broker):
             cancel_requested=run.cancel_requested,
         )
 
-    def _assignment(self, t: StorageTransaction, row: StoredStep) -> StepAssignment:
+    def _assignment(self, t: StorageTransaction, row: StoredStep, run: StoredRun) -> StepAssignment:
         graph = self._graph(t, (row.workflow_id, row.version))
-        run = t.get_run(row.run_id)
-        if run is None:  # pragma: no cover - a step row never outlives its run
-            raise RunNotFoundError(f"Run {row.run_id!r} vanished.")
-        if run.status is Status.PENDING:
-            self._mark_started(t, run.run_id)
         sources = graph.result_sources(row.step_name, row.or_winners)
         return StepAssignment(
             workflow_id=row.workflow_id,
@@ -381,7 +376,16 @@ class StorageBroker(Broker):
         workflows = self._workflows_of(t, worker_id)
         self._touch(t, worker_id)
         rows = t.claim_steps(worker_id, workflows, limit, _lease_token)
-        return [self._assignment(t, row) for row in rows]
+        runs: dict[str, StoredRun] = {}
+        # Sorted: claims that start the same runs lock them in the same order.
+        for run_id in sorted({row.run_id for row in rows}):
+            run = t.get_run(run_id)
+            if run is None:  # pragma: no cover - a step row never outlives its run
+                raise RunNotFoundError(f"Run {run_id!r} vanished.")
+            if run.status is Status.PENDING:
+                self._mark_started(t, run_id)
+            runs[run_id] = run
+        return [self._assignment(t, row, runs[row.run_id]) for row in rows]
 
     # -- worker-facing --------------------------------------------------------------
     def register_worker(self, workflows: list[WorkflowSchema], *, name: str | None = None) -> str:
@@ -752,7 +756,9 @@ class StorageBroker(Broker):
             graph = self._graph(t, (run.workflow_id, run.version))
             now = t.now()
             run.cancel_requested = True
-            rows = {row.step_name: row for row in t.steps_of(run_id)}
+            # Locked: a claim that took a queued step meanwhile must not be
+            # overwritten; once locked, such a step is seen RUNNING and left alone.
+            rows = {row.step_name: row for row in t.steps_of(run_id, lock=True)}
             fresh: list[StoredStep] = []
             for name in rules.cancel_run(graph, _facts(rows.values())):
                 row = rows.get(name)

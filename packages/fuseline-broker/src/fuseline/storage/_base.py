@@ -193,8 +193,12 @@ class StorageTransaction(ABC):
 
     # -- steps --------------------------------------------------------------------
     @abstractmethod
-    def steps_of(self, run_id: str) -> list[StoredStep]:
-        """Every step row of the run."""
+    def steps_of(self, run_id: str, *, lock: bool = False) -> list[StoredStep]:
+        """Every step row of the run; ``lock`` holds them until the transaction ends.
+
+        Locking matters only to a change that rewrites queued rows (cancelling
+        a run), which must not overwrite a claim made meanwhile.
+        """
 
     @abstractmethod
     def get_step(self, run_id: str, step_name: str) -> StoredStep | None:

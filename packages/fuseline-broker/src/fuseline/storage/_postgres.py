@@ -180,7 +180,7 @@ class PostgresStorage(RuntimeStorage):
                     self.work.fire()
                     self.runs.fire()
                     while not self._stopped.is_set():
-                        for note in connection.notifies(timeout=0.5):
+                        for note in connection.notifies(timeout=0.2):
                             self._wake(note)
             except psycopg.Error as exc:
                 if self._stopped.is_set():

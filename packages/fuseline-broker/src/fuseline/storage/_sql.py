@@ -442,10 +442,11 @@ class SqlTransaction(StorageTransaction):
         return len(rows)
 
     # -- steps --------------------------------------------------------------------
-    def steps_of(self, run_id: str) -> list[StoredStep]:
-        """Every step row of the run."""
+    def steps_of(self, run_id: str, *, lock: bool = False) -> list[StoredStep]:
+        """Every step row of the run, locked until commit when ``lock``."""
+        suffix = self._dialect.lock if lock else ""
         rows = self._execute(
-            f"SELECT {_STEP_COLUMNS} FROM fuseline_steps WHERE run_id = ?", (run_id,)
+            f"SELECT {_STEP_COLUMNS} FROM fuseline_steps WHERE run_id = ?{suffix}", (run_id,)
         ).fetchall()
         return [_step(row) for row in rows]
 
