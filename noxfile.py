@@ -126,7 +126,15 @@ def packaging(session: nox.Session) -> None:
         "pytest",
         "tests-integration",
         *session.posargs,
-        env={"FUSELINE_TEST_INSTALL": "wheels"},
+        env={
+            "FUSELINE_TEST_INSTALL": "wheels",
+            # The environment check_wheels.py made with only fuseline-client.
+            "FUSELINE_CLIENT_ONLY_PYTHON": str(
+                envs_dir
+                / "fuseline-client"
+                / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+            ),
+        },
         external=True,
     )
 
