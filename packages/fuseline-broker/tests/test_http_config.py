@@ -40,6 +40,27 @@ def test_flags_win_over_the_environment() -> None:
     assert (config.port, config.processes, config.database_url) == (9100, 1, "memory://")
 
 
+def test_broker_settings_reach_the_broker(tmp_path: Path) -> None:
+    from fuseline.broker.http._storage import open_broker
+
+    env = {"FUSELINE_DEFAULT_LEASE_SECONDS": "12.5", "FUSELINE_RETENTION_DAYS": "7"}
+    config = parse_config(["--max-attempts", "5"], env)
+    assert (config.default_lease, config.max_attempts, config.retention_days) == (12.5, 5, 7.0)
+    broker = open_broker(storage_target(f"sqlite:///{tmp_path / 'b.db'}"), config)
+    try:
+        assert broker.default_lease == 12.5  # type: ignore[attr-defined]
+        assert broker.default_max_attempts == 5  # type: ignore[attr-defined]
+        assert broker.retention == 7 * 86400  # type: ignore[attr-defined]
+    finally:
+        broker.close()
+    defaults = parse_config([], {})
+    assert (defaults.default_lease, defaults.max_attempts, defaults.retention_days) == (
+        30.0,
+        3,
+        None,
+    )
+
+
 def test_tokens_come_from_flags_variables_and_files(tmp_path: Path) -> None:
     secret = tmp_path / "client-token"
     secret.write_text(TOKEN_B + "\n")
@@ -62,6 +83,9 @@ def test_tokens_come_from_flags_variables_and_files(tmp_path: Path) -> None:
         ([], {"FUSELINE_CLIENT_TOKEN": "has a space in it ok"}, "spaces"),
         (["--port", "0"], {}, "--port"),
         (["--max-wait", "61"], {}, "--max-wait"),
+        (["--default-lease", "0"], {}, "--default-lease"),
+        (["--max-attempts", "0"], {}, "--max-attempts"),
+        ([], {"FUSELINE_RETENTION_DAYS": "-1"}, "--retention-days"),
         (["--max-result-bytes", "99999999999"], {}, "--max-result-bytes"),
         (["--log-level", "chatty"], {}, "--log-level"),
         ([], {"FUSELINE_TOKEN_FILE": "/nonexistent/token"}, "cannot read"),

@@ -60,6 +60,10 @@ class ServerConfig:
         max_waiters: Threads per process for long polls.
         shutdown_grace: Seconds requests in flight get to finish on shutdown.
         docs: Serve ``/openapi.json`` and ``/docs``.
+        default_lease: Lease of a step without a timeout, in seconds.
+        max_attempts: Hand-outs of a step without a retry policy before an
+            expired lease fails it.
+        retention_days: Delete finished runs older than this; None keeps them.
     """
 
     host: str = "127.0.0.1"
@@ -75,6 +79,9 @@ class ServerConfig:
     max_waiters: int = 256
     shutdown_grace: float = 5.0
     docs: bool = True
+    default_lease: float = 30.0
+    max_attempts: int = 3
+    retention_days: float | None = None
 
     @property
     def auth_enabled(self) -> bool:
@@ -220,6 +227,25 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="FUSELINE_SHUTDOWN_GRACE_SECONDS: time requests in flight get on shutdown",
     )
     parser.add_argument(
+        "--default-lease",
+        type=float,
+        default=default("FUSELINE_DEFAULT_LEASE_SECONDS", "30"),
+        help="FUSELINE_DEFAULT_LEASE_SECONDS: lease of a step without a StepTimeoutPolicy",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=default("FUSELINE_MAX_ATTEMPTS", "3"),
+        help="FUSELINE_MAX_ATTEMPTS: hand-outs of a step without a RetryPolicy before an "
+        "expired lease fails it",
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=float,
+        default=default("FUSELINE_RETENTION_DAYS", None),
+        help="FUSELINE_RETENTION_DAYS: delete finished runs older than this (default: keep)",
+    )
+    parser.add_argument(
         "--no-docs",
         action="store_true",
         default=env.get("FUSELINE_DOCS", "1") in ("0", "false", "no"),
@@ -274,6 +300,9 @@ def parse_config(
         max_waiters=args.max_waiters,
         shutdown_grace=args.shutdown_grace,
         docs=not args.no_docs,
+        default_lease=args.default_lease,
+        max_attempts=args.max_attempts,
+        retention_days=args.retention_days,
     )
     check_config(config)
     return config
@@ -306,6 +335,12 @@ def check_config(config: ServerConfig) -> None:
         raise ConfigError("--threads and --max-waiters must be at least 1.")
     if not 0 <= config.shutdown_grace <= 600:
         raise ConfigError("--shutdown-grace must be between 0 and 600 seconds.")
+    if not 0 < config.default_lease <= 7 * 86400:
+        raise ConfigError("--default-lease must be more than 0 and at most a week (604800).")
+    if not 1 <= config.max_attempts <= 1000:
+        raise ConfigError("--max-attempts must be between 1 and 1000.")
+    if config.retention_days is not None and config.retention_days <= 0:
+        raise ConfigError("--retention-days must be a positive number of days.")
     _check_tokens(config.worker_tokens, "worker")
     _check_tokens(config.client_tokens, "client")
     url = config.database_url or ""

@@ -72,7 +72,7 @@ def serve(config: ServerConfig, target: StorageTarget | None = None) -> int:
     _warn_about_access(config)
     try:
         # Create the tables once, before several processes could race to.
-        open_broker(target).close()
+        open_broker(target, config).close()
     except Exception as exc:
         log.error(
             "Cannot open the storage (%s): %s: %s", target.description, type(exc).__name__, exc
@@ -180,7 +180,7 @@ def _server_process(
     os.close(stop_write)
     # A Ctrl+C reaches the whole process group; the supervisor decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    broker = cast(FullBroker, open_broker(target))
+    broker = cast(FullBroker, open_broker(target, config))
     service = Service(config, broker, target.kind)
     app = build_app(config, service)
     watcher = threading.Thread(

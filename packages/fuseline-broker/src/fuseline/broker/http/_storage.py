@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from fuseline.broker._base import Broker
-from fuseline.broker.http._config import ConfigError
+from fuseline.broker.http._config import ConfigError, ServerConfig
 
 __all__ = ["DEFAULT_SQLITE_FILE", "StorageTarget", "open_broker", "storage_target"]
 
@@ -75,12 +75,18 @@ def _safe_postgres(url: str) -> str:
     return f"{user}{host}{port}{parts.path}"
 
 
-def open_broker(target: StorageTarget) -> Broker:
+def open_broker(target: StorageTarget, config: ServerConfig | None = None) -> Broker:
     """Create the broker for ``target`` (which creates its tables if needed)."""
     from fuseline import broker
 
+    settings = config or ServerConfig()
+    options: dict[str, Any] = {
+        "default_lease": settings.default_lease,
+        "default_max_attempts": settings.max_attempts,
+        "retention": None if settings.retention_days is None else settings.retention_days * 86400,
+    }
     if target.kind == "memory":
-        return broker.MemoryBroker()
+        return broker.MemoryBroker(**options)
     if target.kind == "sqlite":
-        return broker.SQLiteBroker(path=target.location)
-    return broker.PostgresBroker(target.location)
+        return broker.SQLiteBroker(path=target.location, **options)
+    return broker.PostgresBroker(target.location, **options)
