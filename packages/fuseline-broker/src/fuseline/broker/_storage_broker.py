@@ -21,18 +21,16 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from fuseline.broker._base import Broker
+from fuseline.broker._leases import extend_leases, report_applies
+from fuseline.broker._records import assignment, run_details, run_summary, worker_info
+from fuseline.broker._transitions import RunTransitions
+from fuseline.broker._validation import as_schema, json_payload
 from fuseline.errors import (
     IdempotencyConflictError,
     InvalidInputError,
-    LeaseConflictError,
-    PayloadTooLargeError,
     RunFinishedError,
     RunNotFoundError,
     StepNotFoundError,
@@ -40,16 +38,12 @@ from fuseline.errors import (
     WorkerNotFoundError,
     WorkflowNotFoundError,
 )
-from fuseline.jsonvalue import to_json_value
 from fuseline.messages import (
     KeepAliveReply,
-    LeaseRef,
     RunDetails,
     RunPage,
-    RunSummary,
     StepAssignment,
     StepError,
-    StepRecord,
     StepReport,
     WorkerInfo,
 )
@@ -58,12 +52,10 @@ from fuseline.storage import (
     RuntimeStorage,
     StorageTransaction,
     StoredRun,
-    StoredStep,
     WorkflowKey,
 )
 from fuseline.workflow import WorkflowSchema, rules
-from fuseline.workflow.rules import RunGraph, Settlement, StepFacts
-from fuseline.workflow.schema import definition_error
+from fuseline.workflow.rules import RunGraph
 
 __all__ = ["StorageBroker"]
 
@@ -78,24 +70,8 @@ _REAP_EVERY = 0.2
 _TOUCH_EVERY = 2.0
 
 
-def _time(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
 def _lease_token() -> str:
     return secrets.token_urlsafe(24)
-
-
-def _facts(rows: Iterable[StoredStep]) -> dict[str, StepFacts]:
-    return {
-        row.step_name: StepFacts(
-            row.status,
-            row.branch,
-            queued=row.status is Status.PENDING,
-            order=row.finish_order,
-        )
-        for row in rows
-    }
 
 
 class StorageBroker(Broker):
@@ -135,6 +111,7 @@ class StorageBroker(Broker):
         self.default_max_attempts = default_max_attempts
         self.max_result_bytes = max_result_bytes
         self.retention = retention
+        self._runs = RunTransitions(default_lease, default_max_attempts)
         self._graphs: dict[WorkflowKey, RunGraph] = {}
         self._worker_workflows: dict[str, list[WorkflowKey]] = {}
         self._touched: dict[str, float] = {}
@@ -152,37 +129,6 @@ class StorageBroker(Broker):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.storage.description})"
-
-    # -- validation ---------------------------------------------------------------
-    @staticmethod
-    def _schema(workflow: Any) -> WorkflowSchema:
-        if isinstance(workflow, WorkflowSchema):
-            return workflow
-        to_schema = getattr(workflow, "to_schema", None)
-        if callable(to_schema):
-            schema = to_schema()
-            if isinstance(schema, WorkflowSchema):
-                return schema
-        if isinstance(workflow, Mapping):
-            try:
-                return WorkflowSchema.model_validate(workflow)
-            except ValidationError as exc:
-                raise definition_error(exc) from None
-        raise InvalidInputError(
-            f"Expected a WorkflowSchema (workflow.to_schema()), got {type(workflow).__name__}."
-        )
-
-    def _json(self, value: Any, what: str) -> Any:
-        plain = to_json_value(value, what=what)
-        if self.max_result_bytes is not None:
-            size = len(json.dumps(plain, separators=(",", ":")).encode())
-            if size > self.max_result_bytes:
-                raise PayloadTooLargeError(
-                    f"The {what} is {size} bytes of JSON, over the limit of "
-                    f"{self.max_result_bytes}; store large data elsewhere and pass a reference.",
-                    details={"size": size, "limit": self.max_result_bytes},
-                )
-        return plain
 
     # -- schemas ------------------------------------------------------------------
     def _store_schema(self, t: StorageTransaction, schema: WorkflowSchema) -> RunGraph:
@@ -231,137 +177,6 @@ class StorageBroker(Broker):
             t.touch_worker(worker_id, t.now())
             self._touched[worker_id] = now
 
-    # -- steps and runs as the rules see them ---------------------------------------
-    def _new_step(
-        self,
-        graph: RunGraph,
-        run: StoredRun,
-        name: str,
-        status: Status,
-        now: float,
-        or_winners: Mapping[str, str] | None = None,
-    ) -> StoredStep:
-        spec = graph.schema.step(name)
-        attempts = spec.max_attempts if spec.retry is not None else self.default_max_attempts
-        return StoredStep(
-            run_id=run.run_id,
-            step_name=name,
-            workflow_id=run.workflow_id,
-            version=run.version,
-            status=status,
-            max_attempts=attempts,
-            lease_seconds=spec.timeout_seconds or self.default_lease,
-            or_winners=dict(or_winners or {}),
-            ready_at=now,
-            finished_at=None if status is Status.PENDING else now,
-        )
-
-    def _apply(
-        self,
-        t: StorageTransaction,
-        graph: RunGraph,
-        run: StoredRun,
-        settlement: Settlement,
-        now: float,
-    ) -> list[StoredStep]:
-        rows = [
-            self._new_step(graph, run, ready.name, Status.PENDING, now, ready.or_winners)
-            for ready in settlement.ready
-        ]
-        rows += [self._new_step(graph, run, n, Status.SKIPPED, now) for n in settlement.skipped]
-        rows += [self._new_step(graph, run, n, Status.CANCELLED, now) for n in settlement.cancelled]
-        t.add_steps(rows)
-        return rows
-
-    def _conclude(
-        self,
-        t: StorageTransaction,
-        graph: RunGraph,
-        run: StoredRun,
-        rows: Iterable[StoredStep],
-        now: float,
-    ) -> None:
-        rows = list(rows)
-        run.status = rules.run_status(graph, _facts(rows), cancel_requested=run.cancel_requested)
-        if run.status.is_terminal and run.finished_at is None:
-            results = {r.step_name: r.result for r in rows if r.status is Status.SUCCEEDED}
-            run.finished_at = now
-            run.result = {output: results.get(output) for output in graph.outputs}
-            t.notify_runs()
-        t.update_run(run)
-
-    def _finish(
-        self,
-        t: StorageTransaction,
-        graph: RunGraph,
-        run: StoredRun,
-        step: StoredStep,
-        rows: dict[str, StoredStep],
-        now: float,
-    ) -> None:
-        """Record that ``step`` (already given its final state) finished; settle the rest."""
-        run.finished_steps += 1
-        step.finish_order = run.finished_steps
-        step.finished_at = now
-        step.deadline = None
-        t.update_step(step)
-        rows[step.step_name] = step
-        settlement = rules.settle(graph, _facts(rows.values()), [step.step_name])
-        for row in self._apply(t, graph, run, settlement, now):
-            rows[row.step_name] = row
-        self._conclude(t, graph, run, rows.values(), now)
-
-    def _details(self, graph: RunGraph, run: StoredRun, rows: Iterable[StoredStep]) -> RunDetails:
-        by_name = {row.step_name: row for row in rows}
-        steps: dict[str, StepRecord] = {}
-        for name in graph.step_names:
-            row = by_name.get(name)
-            if row is None:
-                steps[name] = StepRecord(name=name)
-                continue
-            steps[name] = StepRecord(
-                name=name,
-                status=row.status,
-                result=row.result,
-                error=None if row.error is None else StepError.model_validate(row.error),
-                attempts=row.attempt,
-                worker_id=row.worker_id,
-                started_at=_time(row.started_at),
-                finished_at=_time(row.finished_at),
-            )
-        return RunDetails(
-            **self._summary(run).model_dump(),
-            inputs=run.inputs,
-            steps=steps,
-            result=run.result,
-        )
-
-    @staticmethod
-    def _summary(run: StoredRun) -> RunSummary:
-        return RunSummary(
-            run_id=run.run_id,
-            workflow_id=run.workflow_id,
-            workflow_version=run.version,
-            status=run.status,
-            created_at=_time(run.created_at) or datetime.now(UTC),
-            finished_at=_time(run.finished_at),
-            cancel_requested=run.cancel_requested,
-        )
-
-    def _assignment(self, t: StorageTransaction, row: StoredStep, run: StoredRun) -> StepAssignment:
-        graph = self._graph(t, (row.workflow_id, row.version))
-        sources = graph.result_sources(row.step_name, row.or_winners)
-        return StepAssignment(
-            workflow_id=row.workflow_id,
-            workflow_version=row.version,
-            instance_id=row.run_id,
-            step_name=row.step_name,
-            payload={"workflow_inputs": run.inputs, "results": t.results_of(row.run_id, sources)},
-            attempt=row.attempt,
-            lease_token=row.lease_token,
-            deadline=_time(row.deadline),
-        )
-
     @staticmethod
     def _mark_started(t: StorageTransaction, run_id: str) -> None:
         # The first hand-out starts the run (the rules call it RUNNING from
@@ -385,7 +200,12 @@ class StorageBroker(Broker):
             if run.status is Status.PENDING:
                 self._mark_started(t, run_id)
             runs[run_id] = run
-        return [self._assignment(t, row, runs[row.run_id]) for row in rows]
+        handed: list[StepAssignment] = []
+        for row in rows:
+            graph = self._graph(t, (row.workflow_id, row.version))
+            sources = graph.result_sources(row.step_name, row.or_winners)
+            handed.append(assignment(row, runs[row.run_id], t.results_of(row.run_id, sources)))
+        return handed
 
     # -- worker-facing --------------------------------------------------------------
     def register_worker(self, workflows: list[WorkflowSchema], *, name: str | None = None) -> str:
@@ -395,7 +215,7 @@ class StorageBroker(Broker):
             SchemaConflictError: A schema's id and version is stored with a
                 different graph; bump the workflow's version.
         """
-        schemas = [self._schema(w) for w in workflows]
+        schemas = [as_schema(w) for w in workflows]
         if name is not None and not 0 < len(name) <= 200:
             raise InvalidInputError("A worker name must be 1 to 200 characters long.")
         worker_id = f"w-{uuid.uuid4().hex}"
@@ -428,8 +248,8 @@ class StorageBroker(Broker):
             IdempotencyConflictError: The key was used for a different request.
             SchemaConflictError: The schema's key is stored with another graph.
         """
-        schema = self._schema(workflow)
-        plain = self._json(inputs or {}, what="run inputs")
+        schema = as_schema(workflow)
+        plain = json_payload(inputs or {}, "run inputs", self.max_result_bytes)
         if not isinstance(plain, dict):
             raise InvalidInputError("Run inputs must be a JSON object of name: value pairs.")
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
@@ -470,7 +290,7 @@ class StorageBroker(Broker):
                 if raced is None:  # pragma: no cover - only the key can collide
                     raise IdempotencyConflictError("The run could not be stored; try again.")
                 return same_request(raced)
-            self._apply(t, graph, run, rules.start(graph), now)
+            self._runs.apply(t, graph, run, rules.start(graph), now)
             return run_id
 
         return self.storage.atomic(body)
@@ -529,7 +349,9 @@ class StorageBroker(Broker):
             )
         succeeded = report.state is Status.SUCCEEDED
         result = (
-            self._json(report.result, what=f"result of step {report.step_name!r}")
+            json_payload(
+                report.result, f"result of step {report.step_name!r}", self.max_result_bytes
+            )
             if succeeded
             else None
         )
@@ -559,67 +381,20 @@ class StorageBroker(Broker):
             rows = {row.step_name: row for row in t.steps_of(run.run_id)}
             step = rows.get(report.step_name)
             now = t.now()
-            if self._holds_lease(step, worker_id, report, result, now):
-                assert step is not None  # noqa: S101 - _holds_lease checked it
+            if report_applies(step, worker_id, report, result, now):
+                assert step is not None  # noqa: S101 - report_applies checked it
                 step.status = report.state
                 step.result = result
                 step.error = error
                 if succeeded:
                     step.branch = rules.choose_branch(graph, step.step_name, result)
-                self._finish(t, graph, run, step, rows, now)
+                self._runs.finish(t, graph, run, step, rows, now)
             if not claim_next:
                 return None
             found = self._claim(t, worker_id, 1)
             return found[0] if found else None
 
         return self.storage.atomic(body)
-
-    @staticmethod
-    def _holds_lease(
-        step: StoredStep | None,
-        worker_id: str,
-        report: StepReport,
-        result: Any,
-        now: float,
-    ) -> bool:
-        """True when the report may be applied; False for an exact replay; raise otherwise."""
-        where = f"step {report.step_name!r} of run {report.instance_id!r}"
-        token_matches = report.lease_token is None or (
-            step is not None and report.lease_token == step.lease_token
-        )
-        if step is None or step.status is Status.PENDING:
-            raise LeaseConflictError(
-                f"No worker holds {where}: it was never handed out, or its lease ran out and "
-                "it went back to the queue. Do not report it; the broker will hand it out again.",
-                details={"step_name": report.step_name},
-            )
-        if step.status is not Status.RUNNING:
-            replay = (
-                step.worker_id == worker_id
-                and token_matches
-                and step.status is report.state
-                and step.result == result
-            )
-            if replay:
-                return False
-            raise LeaseConflictError(
-                f"{where.capitalize()} already finished as {step.status.value}; "
-                "a second, different report is not accepted.",
-                details={"step_name": report.step_name, "status": step.status.value},
-            )
-        if step.worker_id != worker_id or not token_matches:
-            raise LeaseConflictError(
-                f"This worker does not hold the lease on {where} (another worker holds it, or "
-                "the lease token is stale). Drop the step without reporting it.",
-                details={"step_name": report.step_name},
-            )
-        if step.deadline is not None and step.deadline < now:
-            raise LeaseConflictError(
-                f"The lease on {where} ran out before the report arrived; the step will be "
-                "handed out again. Heartbeat more often than the lease length.",
-                details={"step_name": report.step_name},
-            )
-        return True
 
     def keep_alive(self, worker_id: str, lease_tokens: list[str] | None = None) -> KeepAliveReply:
         """Extend the worker's live leases (all of them, or the ones named).
@@ -635,38 +410,7 @@ class StorageBroker(Broker):
         def body(t: StorageTransaction) -> KeepAliveReply:
             self._workflows_of(t, worker_id)
             self._touch(t, worker_id, always=True)
-            now = t.now()
-            held = {row.lease_token: row for row in t.running_steps_of(worker_id)}
-            wanted = list(held) if lease_tokens is None else list(dict.fromkeys(lease_tokens))
-            live = {tok: held[tok] for tok in wanted if tok in held}
-            cancelled_runs = t.cancelled_runs(sorted({row.run_id for row in live.values()}))
-            reply = KeepAliveReply()
-            deadlines: list[float] = []
-            for token in wanted:
-                row = live.get(token)
-                if row is None or (row.deadline is not None and row.deadline < now):
-                    reply.lost.append(
-                        LeaseRef(
-                            instance_id=row.run_id if row else "",
-                            step_name=row.step_name if row else "",
-                            lease_token=str(token),
-                        )
-                    )
-                    continue
-                ref = LeaseRef(
-                    instance_id=row.run_id, step_name=row.step_name, lease_token=str(token)
-                )
-                if row.run_id in cancelled_runs:
-                    reply.cancelled.append(ref)
-                    continue
-                deadline = now + row.lease_seconds
-                if t.extend_lease(row, deadline):
-                    reply.extended.append(ref)
-                    deadlines.append(deadline)
-                else:  # pragma: no cover - the row is read in this transaction
-                    reply.lost.append(ref)
-            reply.deadline = _time(min(deadlines)) if deadlines else None
-            return reply
+            return extend_leases(t, worker_id, lease_tokens)
 
         return self.storage.atomic(body)
 
@@ -683,7 +427,7 @@ class StorageBroker(Broker):
         def body(t: StorageTransaction) -> RunDetails:
             run = self._read_run(t, run_id)
             graph = self._graph(t, (run.workflow_id, run.version))
-            return self._details(graph, run, t.steps_of(run_id))
+            return run_details(graph, run, t.steps_of(run_id))
 
         return self.storage.atomic(body, write=False)
 
@@ -735,7 +479,7 @@ class StorageBroker(Broker):
         more = len(rows) > limit
         rows = rows[:limit]
         return RunPage(
-            items=[self._summary(run) for run in rows],
+            items=[run_summary(run) for run in rows],
             next_cursor=str(rows[-1].seq) if more else None,
         )
 
@@ -754,25 +498,7 @@ class StorageBroker(Broker):
                     details={"run_id": run_id, "status": run.status.value},
                 )
             graph = self._graph(t, (run.workflow_id, run.version))
-            now = t.now()
-            run.cancel_requested = True
-            # Locked: a claim that took a queued step meanwhile must not be
-            # overwritten; once locked, such a step is seen RUNNING and left alone.
-            rows = {row.step_name: row for row in t.steps_of(run_id, lock=True)}
-            fresh: list[StoredStep] = []
-            for name in rules.cancel_run(graph, _facts(rows.values())):
-                row = rows.get(name)
-                if row is None:
-                    row = self._new_step(graph, run, name, Status.CANCELLED, now)
-                    fresh.append(row)
-                else:
-                    row.status = Status.CANCELLED
-                    row.finished_at = now
-                    t.update_step(row)
-                rows[name] = row
-            t.add_steps(fresh)
-            self._conclude(t, graph, run, rows.values(), now)
-            return self._details(graph, run, rows.values())
+            return run_details(graph, run, self._runs.cancel(t, graph, run))
 
         return self.storage.atomic(body)
 
@@ -783,16 +509,7 @@ class StorageBroker(Broker):
     def list_workers(self) -> list[WorkerInfo]:
         """Every registered worker, oldest first."""
         workers = self.storage.atomic(lambda t: t.list_workers(), write=False)
-        return [
-            WorkerInfo(
-                worker_id=w.worker_id,
-                name=w.name,
-                workflows=list(w.workflows),
-                registered_at=_time(w.registered_at) or datetime.now(UTC),
-                last_seen_at=_time(w.last_seen_at) or datetime.now(UTC),
-            )
-            for w in workers
-        ]
+        return [worker_info(worker) for worker in workers]
 
     # -- housekeeping ---------------------------------------------------------------
     def expire_leases(self) -> int:
@@ -821,36 +538,7 @@ class StorageBroker(Broker):
         run = t.get_run(run_id, lock=True)
         if run is None:
             return 0
-        graph = self._graph(t, (run.workflow_id, run.version))
-        rows = {row.step_name: row for row in t.steps_of(run_id)}
-        now = t.now()
-        handled = 0
-        for name in names:
-            step = rows.get(name)
-            if step is None or step.status is not Status.RUNNING:
-                continue
-            if step.deadline is None or step.deadline >= now:
-                continue  # extended since it was listed
-            handled += 1
-            if step.attempt >= step.max_attempts or run.cancel_requested:
-                step.status = Status.CANCELLED if run.cancel_requested else Status.FAILED
-                step.error = StepError(
-                    type="LeaseExpired",
-                    message=(
-                        f"No worker reported step {name!r} before its lease ran out, on attempt "
-                        f"{step.attempt} of {step.max_attempts} (the worker died, hung or lost "
-                        "the broker)."
-                    ),
-                ).model_dump()
-                self._finish(t, graph, run, step, rows, now)
-            else:
-                step.status = Status.PENDING
-                step.worker_id = None
-                step.lease_token = None
-                step.deadline = None
-                step.ready_at = now
-                t.update_step(step)
-        return handled
+        return self._runs.expire(t, self._graph(t, (run.workflow_id, run.version)), run, names)
 
     def prune_runs(self, older_than: float) -> int:
         """Delete runs that finished more than ``older_than`` seconds ago; return how many."""
