@@ -25,7 +25,8 @@ from fuseline.storage._base import (
     StoredWorker,
     WorkflowKey,
 )
-from fuseline.storage._sqlite import MemoryStorage, SQLiteStorage
+from fuseline.storage._memory import MemoryStorage
+from fuseline.storage._sqlite import SQLiteStorage
 
 if TYPE_CHECKING:
     from fuseline.storage._postgres import PostgresStorage

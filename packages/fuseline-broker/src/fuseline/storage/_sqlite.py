@@ -1,4 +1,4 @@
-"""SQLite storage: the embedded default, and the in-memory backend for tests.
+"""SQLite storage: the embedded default.
 
 A SQLite file in WAL mode serves several broker processes on one machine:
 each write transaction starts with ``BEGIN IMMEDIATE``, which takes the
@@ -6,9 +6,6 @@ database's single write lock, so reports, claims and expiries happen one
 after the other and no row lock is needed. Readers never wait for writers.
 Other processes' changes are noticed by polling (``poll_interval``), since
 SQLite has no notifications between processes.
-
-The memory backend is the same code on a private ``:memory:`` database that
-lives as long as the storage object: one process, nothing kept on exit.
 """
 
 from __future__ import annotations
@@ -16,8 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,7 +21,7 @@ from fuseline.errors import BrokerUnavailableError
 from fuseline.storage._base import RuntimeStorage, StorageTransaction
 from fuseline.storage._sql import SQLITE, SqlTransaction, migrations
 
-__all__ = ["MemoryStorage", "SQLiteStorage"]
+__all__ = ["SQLiteStorage"]
 
 T = TypeVar("T")
 
@@ -142,37 +138,3 @@ class SQLiteStorage(_SQLiteBase):
             connections, self._connections = self._connections, []
         for connection in connections:
             connection.close()
-
-
-class MemoryStorage(_SQLiteBase):
-    """State in this process's memory: for tests and single-process demos.
-
-    Everything is lost when the object goes away. All calls share one
-    connection, one at a time.
-    """
-
-    description = "memory (this process only; lost on exit)"
-
-    def __init__(self) -> None:
-        super().__init__()
-        # Nothing outside this process can change the state: wake-ups come
-        # from the signals, and polling only has to catch expiring leases.
-        self.poll_interval = 0.5
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        _migrate(self._db)
-
-    @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._db
-
-    def atomic(self, body: Callable[[StorageTransaction], T], *, write: bool = True) -> T:
-        """Run ``body`` in one transaction; transactions never overlap."""
-        with self._locked() as connection:
-            return self._run(connection, body, write)
-
-    def close(self) -> None:
-        """Drop the data."""
-        with self._lock:
-            self._db.close()

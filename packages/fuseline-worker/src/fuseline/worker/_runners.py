@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,24 +71,58 @@ class StepRunner(Protocol):
 
 
 class ThreadRunner:
-    """Runs each sync step in a thread of its own.
+    """Runs sync steps on daemon threads that are kept for the next step.
 
     The threads are daemons: Python cannot stop a thread from outside, and a
     step that never returns must not keep the worker process alive once it
-    has decided to exit.
+    has decided to exit. A thread that finished a step waits a while for the
+    next one instead of exiting, since starting a thread costs more than
+    many small steps do; a new thread is started only when none is idle, so
+    a step that hangs never holds up the others.
+
+    Args:
+        idle_seconds: How long a thread without work waits before it exits.
     """
 
+    def __init__(self, idle_seconds: float = 10.0) -> None:
+        self._jobs: queue.SimpleQueue[tuple[StepJob, Done] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._idle_seconds = idle_seconds
+
     def start(self, job: StepJob, done: Done) -> None:
-        """Start ``job`` in a new thread; it cannot be stopped, so return None."""
-        thread = threading.Thread(
-            target=lambda: done(job.execute()),
-            name=f"fuseline-step-{job.step.name}",
-            daemon=True,
-        )
-        thread.start()
+        """Hand ``job`` to an idle thread, or a new one; it cannot be stopped, so return None."""
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._jobs.put((job, done))
+        if spawn:
+            threading.Thread(target=self._serve, name="fuseline-step", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                item = self._jobs.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0 and self._jobs.empty():
+                        self._idle -= 1
+                        return
+                continue  # a job was promised to an idle thread: take it
+            if item is None:
+                return
+            job, done = item
+            done(job.execute())
+            with self._lock:
+                self._idle += 1
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Let idle threads exit; running steps end on their own."""
+        with self._lock:
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._jobs.put(None)
 
 
 class AsyncRunner:
