@@ -381,14 +381,17 @@ class StorageBroker(Broker):
             rows = {row.step_name: row for row in t.steps_of(run.run_id)}
             step = rows.get(report.step_name)
             now = t.now()
-            if report_applies(step, worker_id, report, result, now):
-                assert step is not None  # noqa: S101 - report_applies checked it
-                step.status = report.state
-                step.result = result
-                step.error = error
-                if succeeded:
-                    step.branch = rules.choose_branch(graph, step.step_name, result)
-                self._runs.finish(t, graph, run, step, rows, now)
+            if not report_applies(step, worker_id, report, result, now):
+                # A repeat of the accepted report (a retry after a lost answer):
+                # answer it, and change nothing, not even by claiming a step.
+                return None
+            assert step is not None  # noqa: S101 - report_applies checked it
+            step.status = report.state
+            step.result = result
+            step.error = error
+            if succeeded:
+                step.branch = rules.choose_branch(graph, step.step_name, result)
+            self._runs.finish(t, graph, run, step, rows, now)
             if not claim_next:
                 return None
             found = self._claim(t, worker_id, 1)

@@ -78,8 +78,10 @@ class PostgresStorage(RuntimeStorage):
         url: A ``postgresql://`` connection URL.
         min_connections: Connections kept open.
         max_connections: Most connections this process opens.
-        connect_timeout: Seconds to wait for a connection before answering
-            that the database is unavailable.
+        connect_timeout: Seconds to wait for the database when the storage opens.
+        request_timeout: Seconds a call waits for a pooled connection before
+            answering that the database is unavailable; kept well under the
+            clients' own timeouts, so that they get that answer during an outage.
         poll_interval: How often waiters look at the tables when no
             notification came.
     """
@@ -91,6 +93,7 @@ class PostgresStorage(RuntimeStorage):
         min_connections: int = 1,
         max_connections: int = 16,
         connect_timeout: float = 10.0,
+        request_timeout: float = 3.0,
         poll_interval: float = 1.0,
     ) -> None:
         super().__init__()
@@ -103,7 +106,7 @@ class PostgresStorage(RuntimeStorage):
             url,
             min_size=min_connections,
             max_size=max_connections,
-            timeout=connect_timeout,
+            timeout=request_timeout,
             open=False,
             name="fuseline",
         )

@@ -142,8 +142,8 @@ def report(worker_id: str, report: StepReport, claim_next: bool) -> Call[StepAss
         lambda content: _model(ReportResponse)(content).next,
         body=_json(body),
         # With a lease token, a repeat of a report that was already recorded
-        # is refused as a lease conflict and changes nothing (nor claims a
-        # second step); without one the broker cannot tell a repeat apart.
+        # is answered without changing anything (and claims no second step);
+        # without one the broker cannot tell a repeat apart.
         retry_safe=report.lease_token is not None,
     )
 
