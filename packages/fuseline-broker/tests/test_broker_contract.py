@@ -35,6 +35,7 @@ import fuseline.messages
 from fuseline import Step, Workflow
 from fuseline.broker import Broker, StorageBroker
 from fuseline.errors import (
+    BrokerUnavailableError,
     CycleError,
     DuplicateStepNameError,
     IdempotencyConflictError,
@@ -1193,3 +1194,47 @@ def test_the_seed_custom_broker_skeleton_subclasses_broker() -> None:
 
     with pytest.raises(TypeError, match="abstract"):
         Incomplete()  # type: ignore[abstract]
+
+
+class _FlakyStorage(MemoryStorage):
+    """Memory storage that can be made unreachable, like a database during an outage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def atomic(self, body: Any, *, write: bool = True) -> Any:
+        if self.down:
+            raise BrokerUnavailableError("the database is away")
+        return super().atomic(body, write=write)
+
+
+def test_after_an_outage_a_lease_gets_one_more_lease_before_it_counts_as_lost() -> None:
+    storage = _FlakyStorage()
+    broker = StorageBroker(storage, default_lease=0.5, sweep_interval=0)
+    single = schema("outage", steps=["only"])
+    worker = HandWorker(broker, [single])
+    run_id = broker.dispatch_workflow(single)
+    held = worker.claim()
+    assert held is not None and held.deadline is not None
+    deadline = held.deadline
+
+    storage.down = True
+    with pytest.raises(BrokerUnavailableError):
+        broker.expire_leases()  # the sweeper notices the outage
+    wait_until(lambda: datetime.now(UTC) > deadline, "the lease to run out during the outage")
+    storage.down = False
+
+    # Back, but the worker had no chance to heartbeat: the lease is not taken away.
+    assert broker.expire_leases() == 0
+    assert broker.get_run(run_id).steps["only"].status is S.RUNNING
+    # A worker that is alive heartbeats and keeps its step, past the old deadline.
+    beat = broker.keep_alive(worker.worker_id, [held.lease_token or ""])
+    assert [ref.lease_token for ref in beat.extended] == [held.lease_token]
+    assert beat.lost == []
+    # One that stays silent loses it once the storage has been back a lease long.
+    wait_until(lambda: broker.expire_leases() == 1, "the lease to count as lost")
+    assert broker.get_run(run_id).steps["only"].status is S.PENDING
+    with pytest.raises(LeaseConflictError):
+        worker.succeed(held, "too late now")
+    broker.close()

@@ -15,7 +15,23 @@ from fuseline.messages import KeepAliveReply, LeaseRef, StepReport
 from fuseline.status import Status
 from fuseline.storage import StorageTransaction, StoredStep
 
-__all__ = ["extend_leases", "report_applies"]
+__all__ = ["extend_leases", "lease_ran_out", "report_applies"]
+
+
+def lease_ran_out(step: StoredStep, now: float, reachable_for: float | None) -> bool:
+    """Whether the RUNNING ``step``'s lease counts as run out at ``now``.
+
+    Args:
+        step: The step.
+        now: The storage's clock.
+        reachable_for: Seconds since the storage came back after an outage
+            this broker saw, or None. Until a step has had one full lease of
+            reachable storage, its worker may not have been able to
+            heartbeat, so a deadline that passed does not count yet.
+    """
+    if step.deadline is None or step.deadline >= now:
+        return False
+    return reachable_for is None or reachable_for >= step.lease_seconds
 
 
 def report_applies(
@@ -24,8 +40,9 @@ def report_applies(
     report: StepReport,
     result: Any,
     now: float,
+    reachable_for: float | None = None,
 ) -> bool:
-    """Whether ``report`` may be applied to ``step``.
+    """Whether ``report`` may be applied to ``step`` (see :func:`lease_ran_out`).
 
     Returns:
         True when the worker holds the step's live lease; False when the
@@ -66,7 +83,7 @@ def report_applies(
             "the lease token is stale). Drop the step without reporting it.",
             details={"step_name": report.step_name},
         )
-    if step.deadline is not None and step.deadline < now:
+    if lease_ran_out(step, now, reachable_for):
         raise LeaseConflictError(
             f"The lease on {where} ran out before the report arrived; the step will be "
             "handed out again. Heartbeat more often than the lease length.",
@@ -76,7 +93,10 @@ def report_applies(
 
 
 def extend_leases(
-    t: StorageTransaction, worker_id: str, lease_tokens: Sequence[str] | None
+    t: StorageTransaction,
+    worker_id: str,
+    lease_tokens: Sequence[str] | None,
+    reachable_for: float | None = None,
 ) -> KeepAliveReply:
     """Extend the worker's live leases named by ``lease_tokens`` (None: all it holds).
 
@@ -94,7 +114,7 @@ def extend_leases(
     deadlines: list[float] = []
     for token in wanted:
         row = live.get(token)
-        if row is None or (row.deadline is not None and row.deadline < now):
+        if row is None or lease_ran_out(row, now, reachable_for):
             reply.lost.append(
                 LeaseRef(
                     instance_id=row.run_id if row else "",

@@ -29,6 +29,7 @@ from fuseline.broker._records import assignment, run_details, run_summary, worke
 from fuseline.broker._transitions import RunTransitions
 from fuseline.broker._validation import as_schema, json_payload
 from fuseline.errors import (
+    BrokerUnavailableError,
     IdempotencyConflictError,
     InvalidInputError,
     RunFinishedError,
@@ -116,6 +117,10 @@ class StorageBroker(Broker):
         self._worker_workflows: dict[str, list[WorkflowKey]] = {}
         self._touched: dict[str, float] = {}
         self._last_reap = 0.0
+        # After an outage of the storage, leases that ran out while it was
+        # away get one more lease before they count as lost (see expire_leases).
+        self._storage_lost = False
+        self._storage_back_at: float | None = None
         self._closed = threading.Event()
         self._sweeper: threading.Thread | None = None
         if sweep_interval > 0:
@@ -381,7 +386,7 @@ class StorageBroker(Broker):
             rows = {row.step_name: row for row in t.steps_of(run.run_id)}
             step = rows.get(report.step_name)
             now = t.now()
-            if not report_applies(step, worker_id, report, result, now):
+            if not report_applies(step, worker_id, report, result, now, self._reachable_for()):
                 # A repeat of the accepted report (a retry after a lost answer):
                 # answer it, and change nothing, not even by claiming a step.
                 return None
@@ -413,7 +418,7 @@ class StorageBroker(Broker):
         def body(t: StorageTransaction) -> KeepAliveReply:
             self._workflows_of(t, worker_id)
             self._touch(t, worker_id, always=True)
-            return extend_leases(t, worker_id, lease_tokens)
+            return extend_leases(t, worker_id, lease_tokens, self._reachable_for())
 
         return self.storage.atomic(body)
 
@@ -519,29 +524,56 @@ class StorageBroker(Broker):
         """Hand out again (or fail) every step whose lease ran out; return how many.
 
         A background thread calls this every ``sweep_interval`` seconds and
-        claims call it too, so callers rarely need to.
+        claims call it too, so callers rarely need to. When the storage was
+        unreachable at an earlier call, a step whose lease ran out is left
+        alone until the storage has been back for that step's lease length:
+        its worker could not heartbeat during the outage and deserves the
+        chance to before another worker runs the step again.
         """
         self._last_reap = time.monotonic()
-        expired = self.storage.atomic(lambda t: t.expired_steps(_REAP_BATCH), write=False)
+        try:
+            expired = self.storage.atomic(lambda t: t.expired_steps(_REAP_BATCH), write=False)
+        except BrokerUnavailableError:
+            self._storage_lost = True
+            raise
+        if self._storage_lost:
+            self._storage_lost = False
+            self._storage_back_at = time.monotonic()
+        reachable_for = self._reachable_for()
         by_run: dict[str, list[str]] = {}
         for run_id, step_name in expired:
             by_run.setdefault(run_id, []).append(step_name)
         handled = 0
         for run_id, names in by_run.items():
             handled += self.storage.atomic(
-                functools.partial(self._expire, run_id=run_id, names=names)
+                functools.partial(
+                    self._expire, run_id=run_id, names=names, reachable_for=reachable_for
+                )
             )
         return handled
+
+    def _reachable_for(self) -> float | None:
+        """Seconds since the storage came back after an outage this broker saw, if any."""
+        back = self._storage_back_at
+        return None if back is None else time.monotonic() - back
 
     def _reap_if_due(self) -> None:
         if time.monotonic() - self._last_reap >= _REAP_EVERY:
             self.expire_leases()
 
-    def _expire(self, t: StorageTransaction, *, run_id: str, names: list[str]) -> int:
+    def _expire(
+        self,
+        t: StorageTransaction,
+        *,
+        run_id: str,
+        names: list[str],
+        reachable_for: float | None,
+    ) -> int:
         run = t.get_run(run_id, lock=True)
         if run is None:
             return 0
-        return self._runs.expire(t, self._graph(t, (run.workflow_id, run.version)), run, names)
+        graph = self._graph(t, (run.workflow_id, run.version))
+        return self._runs.expire(t, graph, run, names, reachable_for)
 
     def prune_runs(self, older_than: float) -> int:
         """Delete runs that finished more than ``older_than`` seconds ago; return how many."""

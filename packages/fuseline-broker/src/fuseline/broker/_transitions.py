@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from fuseline.broker._leases import lease_ran_out
 from fuseline.broker._records import facts
 from fuseline.messages import StepError
 from fuseline.status import Status
@@ -121,10 +122,13 @@ class RunTransitions:
         graph: RunGraph,
         run: StoredRun,
         names: Iterable[str],
+        reachable_for: float | None = None,
     ) -> int:
         """Requeue (or fail, past their attempts) the named steps whose lease ran out.
 
-        Steps extended or reported since they were listed are left alone.
+        Steps extended or reported since they were listed are left alone, and
+        so are steps whose lease does not count as run out yet after an outage
+        of the storage (see :func:`~fuseline.broker._leases.lease_ran_out`).
         Returns how many steps were handled.
         """
         rows = {row.step_name: row for row in t.steps_of(run.run_id)}
@@ -134,7 +138,7 @@ class RunTransitions:
             step = rows.get(name)
             if step is None or step.status is not Status.RUNNING:
                 continue
-            if step.deadline is None or step.deadline >= now:
+            if not lease_ran_out(step, now, reachable_for):
                 continue
             handled += 1
             if step.attempt >= step.max_attempts or run.cancel_requested:
