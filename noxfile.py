@@ -189,6 +189,44 @@ def demo(session: nox.Session) -> None:
     session.run("python", str(demo_script), *session.posargs)
 
 
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Run the benchmark suite; arguments go to benchmarks/run.py.
+
+    ``nox -s bench -- --quick`` shrinks every workload for a smoke run. The
+    suite needs a PostgreSQL server where it may create and drop databases
+    (``FUSELINE_BENCH_DATABASE_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``)
+    and ``pgbench``; ``-- --configs in-process,http-sqlite`` runs without them.
+    It prints a table and a JSON document and writes the JSON to
+    bench-results/ (git-ignored). See docs/performance.md.
+    """
+    install_editable(session)
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """Run the fault-injection suite (the ``chaos`` cases of tests-integration/).
+
+    Real brokers, workers and a private PostgreSQL cluster are killed,
+    restarted and fed hostile input while runs are in flight; each case
+    writes its figures to test-results/fault/ (git-ignored). It runs against
+    editable installs; tests that need PostgreSQL read
+    ``FUSELINE_TEST_DATABASE_URL``. Arguments go to pytest. See
+    docs/reliability.md.
+    """
+    install_editable(session)
+    install_groups(session, "test")
+    session.run(
+        "pytest",
+        "tests-integration",
+        "-m",
+        "chaos",
+        *session.posargs,
+        env={"FUSELINE_CHAOS": "1", "FUSELINE_TEST_INSTALL": "editable"},
+    )
+
+
 @nox.session(venv_backend="none")
 def bump_version(session: nox.Session) -> None:
     """Set the version of every distribution: `nox -s bump_version -- X.Y.Z`.
@@ -199,12 +237,3 @@ def bump_version(session: nox.Session) -> None:
     if len(session.posargs) != 1:
         session.error("usage: nox -s bump_version -- X.Y.Z")
     session.run(sys.executable, "scripts/bump_version.py", session.posargs[0], external=True)
-
-
-# Sessions still to come (DESIGN.md section 7):
-#
-# - `chaos`: start real broker and worker processes, kill and restart them
-#   (and PostgreSQL) while runs are in flight, and assert that nothing
-#   acknowledged is lost and nothing stays RUNNING forever.
-# - `bench`: the benchmark suite; speed is measured there, never by timed
-#   asserts in the tests. Results go to bench-results/ (git-ignored).
