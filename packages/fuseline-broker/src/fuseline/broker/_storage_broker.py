@@ -182,16 +182,6 @@ class StorageBroker(Broker):
             t.touch_worker(worker_id, t.now())
             self._touched[worker_id] = now
 
-    @staticmethod
-    def _mark_started(t: StorageTransaction, run_id: str) -> None:
-        # The first hand-out starts the run (the rules call it RUNNING from
-        # then on); later changes of status come with reports, expiries and
-        # cancellation. Locked, so a concurrent cancel is never overwritten.
-        run = t.get_run(run_id, lock=True)
-        if run is not None and run.status is Status.PENDING:
-            run.status = Status.RUNNING
-            t.update_run(run)
-
     def _claim(self, t: StorageTransaction, worker_id: str, limit: int) -> list[StepAssignment]:
         workflows = self._workflows_of(t, worker_id)
         self._touch(t, worker_id)
@@ -203,7 +193,9 @@ class StorageBroker(Broker):
             if run is None:  # pragma: no cover - a step row never outlives its run
                 raise RunNotFoundError(f"Run {run_id!r} vanished.")
             if run.status is Status.PENDING:
-                self._mark_started(t, run_id)
+                # The first hand-out starts the run. A conditional update, so a
+                # cancel committed meanwhile is never overwritten.
+                t.start_run(run_id)
             runs[run_id] = run
         handed: list[StepAssignment] = []
         for row in rows:
@@ -275,10 +267,6 @@ class StorageBroker(Broker):
 
         def body(t: StorageTransaction) -> str:
             graph = self._store_schema(t, schema)
-            if idempotency_key is not None:
-                existing = t.find_run_by_key(idempotency_key)
-                if existing is not None:
-                    return same_request(existing)
             now = t.now()
             run = StoredRun(
                 run_id=run_id,

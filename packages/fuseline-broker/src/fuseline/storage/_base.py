@@ -173,6 +173,10 @@ class StorageTransaction(ABC):
         """
 
     @abstractmethod
+    def start_run(self, run_id: str) -> None:
+        """Mark a PENDING run RUNNING (its first step was handed out); else do nothing."""
+
+    @abstractmethod
     def update_run(self, run: StoredRun) -> None:
         """Write the run's status, result, finish time, counters and cancel flag."""
 

@@ -136,6 +136,13 @@ class _MemoryTransaction(StorageTransaction):
         run = self._t.runs.get(run_id)
         return None if run is None else _copy(run)
 
+    def start_run(self, run_id: str) -> None:
+        run = self._t.runs.get(run_id)
+        if run is not None and run.status is Status.PENDING:
+            started = _copy(run)
+            started.status = Status.RUNNING
+            self.update_run(started)
+
     def update_run(self, run: StoredRun) -> None:
         before = self._t.runs.get(run.run_id)
         if before is None:

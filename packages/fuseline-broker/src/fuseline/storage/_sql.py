@@ -382,10 +382,29 @@ class SqlTransaction(StorageTransaction):
     def get_run(self, run_id: str, *, lock: bool = False) -> StoredRun | None:
         """The run, locked until commit when ``lock``."""
         suffix = self._dialect.lock if lock else ""
+        if self._now is None and self._dialect.clock is not None:
+            # Read the server's clock in the same round trip; most transactions
+            # that read a run need it next.
+            row = self._execute(
+                f"SELECT {_RUN_COLUMNS}, extract(epoch FROM clock_timestamp())::float8 "
+                f"FROM fuseline_runs WHERE run_id = ?{suffix}",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            self._now = float(row[-1])
+            return _run(row[:-1])
         row = self._execute(
             f"SELECT {_RUN_COLUMNS} FROM fuseline_runs WHERE run_id = ?{suffix}", (run_id,)
         ).fetchone()
         return None if row is None else _run(row)
+
+    def start_run(self, run_id: str) -> None:
+        """Mark a PENDING run RUNNING without reading it first."""
+        self._execute(
+            "UPDATE fuseline_runs SET status = 'RUNNING' WHERE run_id = ? AND status = 'PENDING'",
+            (run_id,),
+        )
 
     def update_run(self, run: StoredRun) -> None:
         """Write the run's changing fields."""
@@ -491,11 +510,29 @@ class SqlTransaction(StorageTransaction):
         if not workflows or limit < 1:
             return []
         keys = " OR ".join("(workflow_id = ? AND version = ?)" for _ in workflows)
+        key_values = tuple(part for key in workflows for part in key)
+        if limit == 1 and self._dialect.name == "postgresql":
+            # The common claim in one round trip: pick, lock and lease the oldest
+            # step. (SQLite keeps two statements: they cost no round trip there,
+            # and UPDATE ... FROM needs a newer SQLite than some systems ship.)
+            now = self.now()
+            row = self._execute(
+                "WITH picked AS MATERIALIZED (SELECT run_id AS pr, step_name AS ps "
+                "FROM fuseline_steps "
+                f"WHERE status = 'PENDING' AND ({keys}) "
+                f"ORDER BY ready_at LIMIT 1{self._dialect.skip_locked}) "
+                "UPDATE fuseline_steps SET status = 'RUNNING', attempt = attempt + 1, "
+                "worker_id = ?, lease_token = ?, deadline = ? + lease_seconds, started_at = ? "
+                "FROM picked WHERE run_id = picked.pr AND step_name = picked.ps "
+                f"RETURNING {_STEP_COLUMNS}",
+                (*key_values, worker_id, tokens(), now, now),
+            ).fetchone()
+            return [] if row is None else [_step(row)]
         picked = self._execute(
             "SELECT run_id, step_name FROM fuseline_steps "
             f"WHERE status = 'PENDING' AND ({keys}) "
             f"ORDER BY ready_at LIMIT ?{self._dialect.skip_locked}",
-            (*(part for key in workflows for part in key), limit),
+            (*key_values, limit),
         ).fetchall()
         now = self.now()
         claimed: list[StoredStep] = []
