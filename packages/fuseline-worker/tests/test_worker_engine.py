@@ -20,7 +20,7 @@ from fuseline.errors import (
     SchemaConflictError,
     WorkerNotFoundError,
 )
-from fuseline.messages import StepAssignment
+from fuseline.messages import StepAssignment, StepReport
 from fuseline.policies import RetryPolicy, StepTimeoutPolicy
 from fuseline.worker import ProcessEngine
 
@@ -526,3 +526,42 @@ def test_heartbeats_keep_a_finished_step_s_lease_while_its_report_waits() -> Non
     assert client.details(run_id).result == {"Quick": "done"}
     assert client.calls.rejected == []
     assert len(client.calls.heartbeats) >= 3
+
+
+class _SlowReports(FakeBrokerClient):
+    """A fake whose first report hangs until a second report has been delivered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.second_delivered = threading.Event()
+        self.first_waited = False
+        self._entered = 0
+        self._entered_lock = threading.Lock()
+
+    def report_step(
+        self, worker_id: str, report: StepReport, *, claim_next: bool = False
+    ) -> StepAssignment | None:
+        with self._entered_lock:
+            self._entered += 1
+            first = self._entered == 1
+        if first:
+            self.first_waited = self.second_delivered.wait(10)
+            return super().report_step(worker_id, report, claim_next=claim_next)
+        answer = super().report_step(worker_id, report, claim_next=claim_next)
+        self.second_delivered.set()
+        return answer
+
+
+def test_a_slow_report_does_not_hold_up_the_others() -> None:
+    class One(Step):
+        def run_step(self, x: int) -> int:
+            return x
+
+    workflow = Workflow(outputs=[One()], workflow_id="one")
+    client = _SlowReports()
+    runs = [client.start_run(workflow, {"x": x}) for x in (1, 2)]
+    engine = ProcessEngine(client, [workflow], concurrency=2)
+    assert engine.work() == 2
+    # The second report went through while the first was still waiting for its answer.
+    assert client.first_waited
+    assert [client.details(r).result for r in runs] == [{"One": 1}, {"One": 2}]

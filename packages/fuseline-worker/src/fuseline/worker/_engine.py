@@ -212,6 +212,7 @@ class ProcessEngine:
             on_fatal=self._on_fatal,
             halting=self._halting,
             max_backoff=self.max_backoff,
+            senders=self.concurrency,
         )
         executor = StepExecutor(self._by_key, held, outbox, sync_steps=self.sync_steps)
         heartbeat = Heartbeat(

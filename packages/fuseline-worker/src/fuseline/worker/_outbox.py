@@ -1,7 +1,9 @@
-"""The outbox: delivers step reports in order, and keeps them while the broker is away.
+"""The outbox: delivers step reports, and keeps them while the broker is away.
 
-Reports are sent by one background thread. When the broker cannot be reached
-the report stays at the head of the queue and is retried with backoff, while
+Reports are sent by background threads, as many as the worker runs steps at
+once (reports of different steps do not depend on each other, and one report
+waiting for its answer must not hold up the others). When the broker cannot
+be reached a report is kept by its thread and retried with backoff, while
 heartbeats keep its lease alive, so a short outage loses no result. When the
 worker may take more work, each report also claims the next ready step
 (``claim_next``), which then takes over the reported step's slot.
@@ -33,7 +35,7 @@ log = logging.getLogger("fuseline.worker")
 
 
 class Outbox:
-    """A thread that delivers reports and hands out the steps claimed with them.
+    """Threads that deliver reports and hand out the steps claimed with them.
 
     Args:
         client: The broker client.
@@ -44,6 +46,7 @@ class Outbox:
         on_fatal: Called when the broker refuses the worker's credentials.
         halting: Set when the worker stops at once: pending reports are dropped.
         max_backoff: The longest wait between two delivery attempts.
+        senders: How many reports may be in flight at once.
     """
 
     def __init__(
@@ -57,7 +60,9 @@ class Outbox:
         on_fatal: Callable[[BaseException], None],
         halting: threading.Event,
         max_backoff: float = 30.0,
+        senders: int = 1,
     ) -> None:
+        self._senders = max(1, senders)
         self._client = client
         self._worker_id = worker_id
         self._held = held
@@ -70,12 +75,14 @@ class Outbox:
         self._cond = threading.Condition()
         self._closed = False
         self._closing = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        """Start delivering in a daemon thread."""
-        self._thread = threading.Thread(target=self._run, name="fuseline-outbox", daemon=True)
-        self._thread.start()
+        """Start the delivering daemon threads."""
+        for _ in range(self._senders):
+            thread = threading.Thread(target=self._run, name="fuseline-outbox", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def put(self, held: HeldStep, report: StepReport) -> None:
         """Queue ``report`` for delivery."""
@@ -84,13 +91,13 @@ class Outbox:
             self._cond.notify()
 
     def close(self) -> None:
-        """Stop the thread; reports still queued are dropped (their leases will expire)."""
+        """Stop the threads; reports still queued are dropped (their leases will expire)."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
+            self._cond.notify_all()
         self._closing.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         with self._cond:
             left, self._queue = list(self._queue), deque()
         for held, _ in left:
@@ -107,11 +114,10 @@ class Outbox:
                     self._cond.wait()
                 if self._closed:
                     return
-                held, report = self._queue[0]
+                # Taken off the queue now: its thread settles it whatever happens
+                # (delivered, refused, or dropped when the worker stops).
+                held, report = self._queue.popleft()
             self._deliver(held, report)
-            with self._cond:
-                if self._queue and self._queue[0][0] is held:
-                    self._queue.popleft()
 
     def _deliver(self, held: HeldStep, report: StepReport) -> None:
         backoff = Backoff(initial=0.2, maximum=self._max_backoff)
