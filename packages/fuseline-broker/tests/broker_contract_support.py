@@ -7,12 +7,12 @@ condition until a deadline.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import http_server_support
 import pytest
 
 from fuseline.broker import MemoryBroker, PostgresBroker, SQLiteBroker, StorageBroker
@@ -78,14 +78,7 @@ def wait_until(
     condition: Callable[[], Any], what: str, timeout: float = 15.0, interval: float = 0.02
 ) -> Any:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"gave up after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    return http_server_support.wait_until(condition, timeout, what, interval)
 
 
 # -- backends ---------------------------------------------------------------------------
