@@ -122,8 +122,7 @@ class Backend:
             broker.close()
 
 
-def backend_for(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """The body of the parametrized backend fixtures."""
+def _backend_for(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     name: str = request.param
     url = request.getfixturevalue("postgres_url") if name == "postgres" else None
     backend = Backend(name, tmp_path, url)
@@ -131,6 +130,31 @@ def backend_for(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Back
         yield backend
     finally:
         backend.close_all()
+
+
+BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each storage backend in turn (PostgreSQL through the ``postgres_url`` fixture)."""
+    yield from _backend_for(request, tmp_path)
+
+
+@pytest.fixture(params=[p for p in BACKENDS if p.values[0] != "memory"])
+def durable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The backends whose state outlives the broker object."""
+    yield from _backend_for(request, tmp_path)
+
+
+@pytest.fixture
+def broker(backend: Backend) -> StorageBroker:
+    """A broker over each backend in turn."""
+    return backend.open()
 
 
 # -- a worker driven by hand -------------------------------------------------------------

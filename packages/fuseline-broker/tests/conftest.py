@@ -13,7 +13,15 @@ from pathlib import Path
 # importlib mode does not put this folder on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).parent))
 
+from broker_contract_support import backend, broker, durable_backend
 from http_server_support import http_server
 from postgres_support import postgres_admin_url, postgres_url
 
-__all__ = ["http_server", "postgres_admin_url", "postgres_url"]
+__all__ = [
+    "backend",
+    "broker",
+    "durable_backend",
+    "http_server",
+    "postgres_admin_url",
+    "postgres_url",
+]

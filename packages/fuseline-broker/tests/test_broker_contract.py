@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +21,6 @@ from broker_contract_support import (
     Backend,
     Fail,
     HandWorker,
-    backend_for,
     schema,
     snapshot,
     statuses,
@@ -59,26 +56,6 @@ from fuseline.storage import MemoryStorage, RuntimeStorage
 from fuseline.workflow import WorkflowSchema
 
 S = Status
-BACKENDS = [
-    pytest.param("memory", id="memory"),
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield from backend_for(request, tmp_path)
-
-
-@pytest.fixture(params=[p for p in BACKENDS if p.values[0] != "memory"])
-def durable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield from backend_for(request, tmp_path)
-
-
-@pytest.fixture
-def broker(backend: Backend) -> StorageBroker:
-    return backend.open()
 
 
 # -- execution rules, end to end -----------------------------------------------------------

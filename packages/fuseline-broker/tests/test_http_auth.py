@@ -34,6 +34,20 @@ WORKER_ROUTES = [
             }
         },
     ),
+    (
+        "POST",
+        "/v1/workers/{worker_id}/reports/batch",
+        {
+            "reports": [
+                {
+                    "workflow_id": "auth",
+                    "instance_id": "{run_id}",
+                    "step_name": "only",
+                    "state": "SUCCEEDED",
+                }
+            ]
+        },
+    ),
 ]
 CLIENT_ROUTES = [
     ("POST", "/v1/runs", {"workflow_id": "auth"}),
@@ -75,6 +89,8 @@ class Tokened:
 def _fill(value: Any, run_id: str) -> Any:
     if isinstance(value, dict):
         return {k: _fill(v, run_id) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, run_id) for v in value]
     return run_id if value == "{run_id}" else value
 
 

@@ -248,6 +248,28 @@ CASES: list[tuple[str, Any, int, str]] = [
         "lease_conflict",
     ),
     (
+        "empty batch of reports",
+        lambda w: ("POST", f"/v1/workers/{w.worker_id}/reports/batch", {"reports": []}),
+        422,
+        "invalid_input",
+    ),
+    (
+        "batch claiming too many steps",
+        lambda w: (
+            "POST",
+            f"/v1/workers/{w.worker_id}/reports/batch",
+            {"reports": [report(w)["report"]], "claim": 101},
+        ),
+        422,
+        "invalid_input",
+    ),
+    (
+        "batch from an unknown worker",
+        lambda w: ("POST", "/v1/workers/nobody/reports/batch", {"reports": [report(w)["report"]]}),
+        404,
+        "worker_not_found",
+    ),
+    (
         "unknown worker heartbeat",
         lambda w: ("POST", "/v1/workers/nobody/heartbeat", {}),
         404,
@@ -410,6 +432,30 @@ def test_validation_errors_point_at_the_field(world: World) -> None:
     body = check_error(response, 422, "invalid_input")
     assert body.error.details["errors"][0]["loc"] == ["max_steps"]
     assert "max_steps" in body.error.message
+
+
+def test_refused_reports_of_a_batch_say_why_and_change_nothing(world: World) -> None:
+    before = world.snapshot()
+    refused = [
+        report(world, lease_token=None)["report"],
+        report(world, lease_token="not-" + world.lease_token)["report"],
+        report(world, result="r" * 3000)["report"],
+        report(world, step_name="nope")["report"],
+    ]
+    response = world.call(
+        "POST", f"/v1/workers/{world.worker_id}/reports/batch", {"reports": refused, "claim": 4}
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert [o["code"] for o in answer["outcomes"]] == [
+        "lease_conflict",
+        "lease_conflict",
+        "payload_too_large",
+        "step_not_found",
+    ]
+    assert all(o["message"] for o in answer["outcomes"])
+    assert answer["assignments"] == []
+    assert world.snapshot() == before
 
 
 def test_no_request_of_the_matrix_hit_an_unexpected_error(world: World) -> None:

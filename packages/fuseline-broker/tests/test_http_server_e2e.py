@@ -234,6 +234,57 @@ def test_claim_next_hands_out_the_successor_in_the_same_call(server: RunningServ
         }
 
 
+def test_a_batch_of_reports_claims_the_successors_in_the_same_call(
+    server: RunningServer,
+) -> None:
+    workflow = branching_workflow("http-batch")
+    with worker_client(server) as worker, app_client(server) as app:
+        worker_id = worker.register_worker([workflow.to_schema()])
+        texts = {app.dispatch(workflow, {"text": t}): t for t in ("lengthy text", "Hi", "x")}
+        firsts = worker.get_steps(worker_id, max_steps=3, wait=5)
+        assert len(firsts) == 3
+        labels = {
+            a.instance_id: "long" if len(texts[a.instance_id]) > 5 else "short" for a in firsts
+        }
+
+        def classified(a: StepAssignment, token: str | None) -> StepReport:
+            return StepReport(
+                workflow_id=a.workflow_id,
+                instance_id=a.instance_id,
+                step_name=a.step_name,
+                state=Status.SUCCEEDED,
+                result=labels[a.instance_id],
+                lease_token=token,
+            )
+
+        late = firsts[2]
+        reply = worker.report_steps(
+            worker_id,
+            [
+                classified(firsts[0], firsts[0].lease_token),
+                classified(firsts[1], firsts[1].lease_token),
+                classified(late, "stale-token"),
+            ],
+            claim=3,
+        )
+
+        assert [o.accepted for o in reply.outcomes] == [True, True, False]
+        assert isinstance(reply.outcomes[2].error(), LeaseConflictError)
+        assert sorted(a.step_name for a in reply.assignments) == ["Shout", "Whisper"]
+        # The refused report changed nothing: its holder reports it properly now.
+        run_one(worker, worker_id, workflow, late)
+        for following in reply.assignments:
+            run_one(worker, worker_id, workflow, following)
+        assert drain(worker, worker_id, workflow) == 1
+        results = {run_id: app.wait_for_run(run_id, timeout=30).result for run_id in texts}
+    assert results == {
+        run_id: {"Shout": "LENGTHY TEXT", "Whisper": None}
+        if text == "lengthy text"
+        else {"Shout": None, "Whisper": text.lower()}
+        for run_id, text in texts.items()
+    }
+
+
 def test_dispatch_by_stored_id_and_version_with_idempotency_keys(server: RunningServer) -> None:
     first, second = branching_workflow("http-stored", "1"), branching_workflow("http-stored", "2")
     with worker_client(server) as worker, app_client(server) as app:

@@ -109,22 +109,62 @@ def test_dispatch_always_sends_an_idempotency_key_and_returns_the_run_id() -> No
     }
 
 
+LEASED = StepReport(
+    workflow_id="flow",
+    instance_id="r1",
+    step_name="a",
+    state=Status.SUCCEEDED,
+    result={"when": datetime(2024, 1, 2, tzinfo=UTC)},
+    lease_token="lease",
+)
+
+
 def test_reports_send_json_results_and_refuse_what_json_cannot_carry() -> None:
     script = Script(httpx.Response(200, json={"next": None}))
-    report = StepReport(
-        workflow_id="flow",
-        instance_id="r1",
-        step_name="a",
-        state=Status.SUCCEEDED,
-        result={"when": datetime(2024, 1, 2, tzinfo=UTC)},
-        lease_token="lease",
-    )
+    report = LEASED
     with client(script) as c:
         assert c.report_step("w1", report) is None
         assert script.body()["report"]["result"] == {"when": "2024-01-02T00:00:00Z"}
         bad = report.model_copy(update={"result": float("nan")})
         with pytest.raises(fe.ResultNotSerializableError):
             c.report_step("w1", bad)
+    assert len(script.requests) == 1
+
+
+def test_a_batch_of_reports_is_one_request_with_an_outcome_per_report() -> None:
+    answer = {
+        "outcomes": [
+            {"instance_id": "r1", "step_name": "a", "code": None},
+            {
+                "instance_id": "r1",
+                "step_name": "b",
+                "code": "lease_conflict",
+                "message": "not yours",
+                "details": {"step_name": "b"},
+            },
+        ],
+        "assignments": [{"workflow_id": "flow", "instance_id": "r2", "step_name": "a"}],
+    }
+    script = Script(httpx.Response(200, json=answer))
+    second = LEASED.model_copy(update={"step_name": "b"})
+    with client(script) as c:
+        reply = c.report_steps("w1", [LEASED, second], claim=2)
+    assert len(script.requests) == 1
+    assert script.requests[0].url.path == "/v1/workers/w1/reports/batch"
+    sent = script.body()
+    assert sent["claim"] == 2 and [r["step_name"] for r in sent["reports"]] == ["a", "b"]
+    assert sent["reports"][0]["result"] == {"when": "2024-01-02T00:00:00Z"}
+    assert [o.accepted for o in reply.outcomes] == [True, False]
+    refusal = reply.outcomes[1].error()
+    assert isinstance(refusal, fe.LeaseConflictError) and refusal.details == {"step_name": "b"}
+    assert [a.instance_id for a in reply.assignments] == ["r2"]
+
+
+def test_a_batch_with_a_report_without_lease_is_not_repeated() -> None:
+    script = Script(httpx.Response(503, json=error_json("unavailable")))
+    unleased = LEASED.model_copy(update={"lease_token": None})
+    with client(script) as c, pytest.raises(fe.BrokerUnavailableError):
+        c.report_steps("w1", [LEASED, unleased])
     assert len(script.requests) == 1
 
 
@@ -230,6 +270,10 @@ def test_a_claim_that_may_have_reached_the_broker_is_not_repeated() -> None:
             ),
             id="report-with-lease",
         ),
+        pytest.param(
+            lambda c: c.report_steps("w1", [LEASED, LEASED.model_copy(update={"step_name": "b"})]),
+            id="report-batch-with-leases",
+        ),
     ],
 )
 def test_calls_safe_to_repeat_survive_lost_responses_and_503(
@@ -241,6 +285,8 @@ def test_calls_safe_to_repeat_survive_lost_responses_and_503(
             return httpx.Response(200, json={})
         if path.endswith("/reports"):
             return httpx.Response(200, json={"next": None})
+        if path.endswith("/reports/batch"):
+            return httpx.Response(200, json={"outcomes": [], "assignments": []})
         if path == "/v1/runs":
             body = {"run_id": "r1", "workflow_id": "flow", "workflow_version": "1"}
             return httpx.Response(201, json=body)

@@ -214,6 +214,23 @@ def test_batches_and_claim_next_are_emulated() -> None:
     assert broker.reports[0].lease_token == "t1"
 
 
+def test_a_batch_of_reports_is_sent_one_by_one_to_a_seed_broker() -> None:
+    broker = SeedOnlyBroker()
+    broker.ready += [assignment("a", token="t1"), assignment("b", token="t2")]
+    client = LocalBrokerClient(broker)
+    client.get_steps("worker-1", max_steps=2)
+    broker.ready.append(assignment("c", token="t3"))
+    reports = [
+        StepReport(workflow_id="flow", instance_id="run-1", step_name=name, state=Status.SUCCEEDED)
+        for name in ("a", "b")
+    ]
+    reply = client.report_steps("worker-1", reports, claim=2)
+    assert [r.lease_token for r in broker.reports] == ["t1", "t2"]
+    assert [o.accepted for o in reply.outcomes] == [True, True]
+    # Each report may claim one step until ``claim`` steps are held.
+    assert [a.step_name for a in reply.assignments] == ["c"]
+
+
 def test_idempotency_keys_are_remembered_for_a_broker_without_them() -> None:
     broker = SeedOnlyBroker()
     client = LocalBrokerClient(broker)

@@ -12,11 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fuseline.errors import FuselineError, error_class_for_code
 from fuseline.status import Status
 
 __all__ = [
     "KeepAliveReply",
     "LeaseRef",
+    "ReportBatchReply",
+    "ReportOutcome",
     "RunDetails",
     "RunPage",
     "RunSummary",
@@ -100,6 +103,63 @@ class StepReport(_Model):
     result: Any = None
     error: StepError | None = None
     lease_token: str | None = None
+
+
+class ReportOutcome(_Model):
+    """What became of one report of a batch: accepted, or refused and why.
+
+    Attributes:
+        code: ``None`` when the report was accepted (or was an exact repeat of
+            an accepted one); otherwise the stable code of the error that
+            refused it, as in :mod:`fuseline.errors`, with ``message`` and
+            ``details`` saying more.
+    """
+
+    instance_id: str
+    step_name: str
+    code: str | None = None
+    message: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def accepted_for(cls, report: StepReport) -> ReportOutcome:
+        """The outcome of ``report`` when the broker recorded it."""
+        return cls(instance_id=report.instance_id, step_name=report.step_name)
+
+    @classmethod
+    def refused(cls, report: StepReport, exc: FuselineError) -> ReportOutcome:
+        """The outcome of ``report`` when ``exc`` refused it."""
+        return cls(
+            instance_id=report.instance_id,
+            step_name=report.step_name,
+            code=exc.code,
+            message=str(exc),
+            details=dict(exc.details),
+        )
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the broker recorded the report."""
+        return self.code is None
+
+    def error(self) -> FuselineError | None:
+        """The refusal as the typed exception of :mod:`fuseline.errors`, or ``None``."""
+        if self.code is None:
+            return None
+        return error_class_for_code(self.code)(self.message, details=self.details)
+
+
+class ReportBatchReply(_Model):
+    """The answer to several reports sent at once.
+
+    Attributes:
+        outcomes: One per report, in the order the reports were sent.
+        assignments: The steps claimed along with the reports (at most as many
+            as were asked for).
+    """
+
+    outcomes: list[ReportOutcome] = Field(default_factory=list)
+    assignments: list[StepAssignment] = Field(default_factory=list)
 
 
 class StepRecord(_Model):

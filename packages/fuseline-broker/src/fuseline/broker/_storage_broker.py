@@ -24,27 +24,29 @@ import weakref
 from typing import Any
 
 from fuseline.broker._base import Broker
-from fuseline.broker._leases import extend_leases, report_applies
+from fuseline.broker._leases import extend_leases
 from fuseline.broker._records import assignment, run_details, run_summary, worker_info
+from fuseline.broker._reports import CheckedReport, apply_report, check_report
 from fuseline.broker._transitions import RunTransitions
 from fuseline.broker._validation import as_schema, json_payload
 from fuseline.errors import (
     BrokerUnavailableError,
+    FuselineError,
     IdempotencyConflictError,
     InvalidInputError,
     RunFinishedError,
     RunNotFoundError,
-    StepNotFoundError,
     WaitTimeoutError,
     WorkerNotFoundError,
     WorkflowNotFoundError,
 )
 from fuseline.messages import (
     KeepAliveReply,
+    ReportBatchReply,
+    ReportOutcome,
     RunDetails,
     RunPage,
     StepAssignment,
-    StepError,
     StepReport,
     WorkerInfo,
 )
@@ -62,7 +64,6 @@ __all__ = ["StorageBroker"]
 
 log = logging.getLogger("fuseline.broker")
 
-_REPORTABLE = (Status.SUCCEEDED, Status.FAILED, Status.SKIPPED, Status.CANCELLED)
 _MAX_PAGE = 1000
 _REAP_BATCH = 100
 # Claims look for expired leases at most this often (per broker object).
@@ -335,62 +336,78 @@ class StorageBroker(Broker):
             LeaseConflictError: The worker does not hold a live lease on the step.
             RunNotFoundError, StepNotFoundError, WorkerNotFoundError: Unknown ids.
         """
-        if report.state not in _REPORTABLE:
-            raise InvalidInputError(
-                f"A report's state must be one of {', '.join(s.value for s in _REPORTABLE)}, "
-                f"not {report.state.value}."
-            )
-        succeeded = report.state is Status.SUCCEEDED
-        result = (
-            json_payload(
-                report.result, f"result of step {report.step_name!r}", self.max_result_bytes
-            )
-            if succeeded
-            else None
-        )
-        error = None if report.error is None else report.error.model_dump()
-        if report.state is Status.FAILED and error is None:
-            error = StepError(type="StepFailed", message="The worker gave no details.").model_dump()
+        checked = check_report(report, self.max_result_bytes)
 
         def body(t: StorageTransaction) -> StepAssignment | None:
             self._workflows_of(t, worker_id)
-            run = t.get_run(report.instance_id, lock=True)
-            if run is None:
-                raise RunNotFoundError(
-                    f"No run {report.instance_id!r} exists.", details={"run_id": report.instance_id}
-                )
-            if report.workflow_id != run.workflow_id:
-                raise InvalidInputError(
-                    f"Run {run.run_id!r} belongs to workflow {run.workflow_id!r}, "
-                    f"not {report.workflow_id!r}."
-                )
-            graph = self._graph(t, (run.workflow_id, run.version))
-            if report.step_name not in graph.step_names:
-                raise StepNotFoundError(
-                    f"Workflow {run.workflow_id!r} version {run.version!r} has no step "
-                    f"{report.step_name!r}.",
-                    details={"step_name": report.step_name},
-                )
-            rows = {row.step_name: row for row in t.steps_of(run.run_id)}
-            step = rows.get(report.step_name)
-            now = t.now()
-            if not report_applies(step, worker_id, report, result, now, self._reachable_for()):
+            if not self._apply_report(t, worker_id, checked):
                 # A repeat of the accepted report (a retry after a lost answer):
                 # answer it, and change nothing, not even by claiming a step.
                 return None
-            assert step is not None  # noqa: S101 - report_applies checked it
-            step.status = report.state
-            step.result = result
-            step.error = error
-            if succeeded:
-                step.branch = rules.choose_branch(graph, step.step_name, result)
-            self._runs.finish(t, graph, run, step, rows, now)
             if not claim_next:
                 return None
             found = self._claim(t, worker_id, 1)
             return found[0] if found else None
 
         return self.storage.atomic(body)
+
+    def report_steps(
+        self, worker_id: str, reports: list[StepReport], *, claim: int = 0
+    ) -> ReportBatchReply:
+        """Accept several reports in one transaction, and claim up to ``claim`` steps with them.
+
+        Each report is judged as :meth:`report_step` judges it, but a refused
+        report does not refuse the others: its outcome carries the error
+        instead. Reports are applied in the order of their runs' ids (so that
+        batches lock runs in one order), and the outcomes come back in the
+        order the reports were given.
+
+        Raises:
+            InvalidInputError: No reports, more than the page limit, or ``claim`` out of range.
+            WorkerNotFoundError: The worker id is unknown.
+        """
+        if not 1 <= len(reports) <= _MAX_PAGE:
+            raise InvalidInputError(f"A batch holds 1 to {_MAX_PAGE} reports, not {len(reports)}.")
+        if not 0 <= claim <= _MAX_PAGE:
+            raise InvalidInputError(f"claim must be between 0 and {_MAX_PAGE}.")
+        outcomes: list[ReportOutcome | None] = [None] * len(reports)
+        checked: list[tuple[int, CheckedReport]] = []
+        for index, report in enumerate(reports):
+            try:
+                checked.append((index, check_report(report, self.max_result_bytes)))
+            except FuselineError as exc:
+                outcomes[index] = ReportOutcome.refused(report, exc)
+        checked.sort(key=lambda item: item[1].report.instance_id)
+
+        def body(t: StorageTransaction) -> ReportBatchReply:
+            self._workflows_of(t, worker_id)
+            done = list(outcomes)
+            recorded = False
+            for index, one in checked:
+                try:
+                    recorded |= self._apply_report(t, worker_id, one)
+                except FuselineError as exc:
+                    done[index] = ReportOutcome.refused(one.report, exc)
+                else:
+                    done[index] = ReportOutcome.accepted_for(one.report)
+            # As with one report: a batch that only repeats accepted reports
+            # changes nothing, not even by claiming.
+            found = self._claim(t, worker_id, claim) if claim and recorded else []
+            return ReportBatchReply(
+                outcomes=[outcome for outcome in done if outcome is not None], assignments=found
+            )
+
+        return self.storage.atomic(body)
+
+    def _apply_report(self, t: StorageTransaction, worker_id: str, checked: CheckedReport) -> bool:
+        return apply_report(
+            t,
+            worker_id,
+            checked,
+            graph_of=self._graph,
+            runs=self._runs,
+            reachable_for=self._reachable_for(),
+        )
 
     def keep_alive(self, worker_id: str, lease_tokens: list[str] | None = None) -> KeepAliveReply:
         """Extend the worker's live leases (all of them, or the ones named).

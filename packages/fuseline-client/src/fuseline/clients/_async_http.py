@@ -29,6 +29,7 @@ from fuseline.clients._retry import Backoff, reached_server, retry_after_seconds
 from fuseline.clients.wire import DispatchRequest, DispatchSchema, DispatchStored, Health
 from fuseline.messages import (
     KeepAliveReply,
+    ReportBatchReply,
     RunDetails,
     RunPage,
     StepAssignment,
@@ -162,6 +163,12 @@ class AsyncHttpBrokerClient:
     ) -> StepAssignment | None:
         """Report a step's outcome; with ``claim_next`` also claim the next ready step."""
         return await self._execute(calls.report(worker_id, report, claim_next))
+
+    async def report_steps(
+        self, worker_id: str, reports: list[StepReport], *, claim: int = 0
+    ) -> ReportBatchReply:
+        """Report several outcomes in one request (one transaction at the broker)."""
+        return await self._execute(calls.report_batch(worker_id, reports, claim))
 
     async def keep_alive(
         self, worker_id: str, lease_tokens: list[str] | None = None

@@ -6,9 +6,18 @@ from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
 from fuseline.clients.wire import latest_version
-from fuseline.errors import InvalidInputError, WorkflowNotFoundError
+from fuseline.errors import (
+    ConflictError,
+    InvalidInputError,
+    ResultNotSerializableError,
+    RunNotFoundError,
+    StepNotFoundError,
+    WorkflowNotFoundError,
+)
 from fuseline.messages import (
     KeepAliveReply,
+    ReportBatchReply,
+    ReportOutcome,
     RunDetails,
     RunPage,
     StepAssignment,
@@ -19,6 +28,16 @@ from fuseline.status import Status
 from fuseline.workflow import WorkflowSchema
 
 __all__ = ["BrokerClient", "SupportsSchema", "WorkflowRef", "find_workflow", "schema_of"]
+
+
+# What refuses one report of a batch without concerning the others.
+_ONE_REPORT_REFUSED = (
+    ConflictError,
+    InvalidInputError,
+    ResultNotSerializableError,
+    RunNotFoundError,
+    StepNotFoundError,
+)
 
 
 class SupportsSchema(Protocol):
@@ -98,6 +117,30 @@ class BrokerClient(ABC):
         self, worker_id: str, report: StepReport, *, claim_next: bool = False
     ) -> StepAssignment | None:
         """Report a step's outcome; with ``claim_next`` also claim the next ready step."""
+
+    def report_steps(
+        self, worker_id: str, reports: list[StepReport], *, claim: int = 0
+    ) -> ReportBatchReply:
+        """Report several outcomes at once, claiming up to ``claim`` next steps with them.
+
+        Each report is accepted or refused on its own; a refused one has the
+        error's code in its outcome (``outcome.error()`` gives the exception)
+        and changes nothing. Errors about the whole call (an unknown worker, an
+        unreachable broker) are raised. Clients that can send the reports
+        together do so; this default sends them one at a time.
+        """
+        outcomes: list[ReportOutcome] = []
+        claimed: list[StepAssignment] = []
+        for report in reports:
+            try:
+                following = self.report_step(worker_id, report, claim_next=len(claimed) < claim)
+            except _ONE_REPORT_REFUSED as exc:
+                outcomes.append(ReportOutcome.refused(report, exc))
+                continue
+            outcomes.append(ReportOutcome.accepted_for(report))
+            if following is not None:
+                claimed.append(following)
+        return ReportBatchReply(outcomes=outcomes, assignments=claimed)
 
     @abstractmethod
     def keep_alive(self, worker_id: str, lease_tokens: list[str] | None = None) -> KeepAliveReply:

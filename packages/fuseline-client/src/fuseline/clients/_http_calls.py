@@ -25,6 +25,7 @@ from fuseline.clients.wire import (
     HeartbeatRequest,
     RegisterWorkerRequest,
     RegisterWorkerResponse,
+    ReportBatchRequest,
     ReportRequest,
     ReportResponse,
     RunCreated,
@@ -43,6 +44,7 @@ from fuseline.errors import (
 from fuseline.jsonvalue import to_json_value
 from fuseline.messages import (
     KeepAliveReply,
+    ReportBatchReply,
     RunDetails,
     RunPage,
     StepAssignment,
@@ -131,11 +133,14 @@ def claim(worker_id: str, max_steps: int, wait: float) -> Call[list[StepAssignme
     )
 
 
+def _plain_report(report: StepReport) -> StepReport:
+    what = f"result of step {report.step_name!r}"
+    return report.model_copy(update={"result": to_json_value(report.result, what=what)})
+
+
 def report(worker_id: str, report: StepReport, claim_next: bool) -> Call[StepAssignment | None]:
     """``POST /v1/workers/{id}/reports``; safe to repeat when it names its lease."""
-    what = f"result of step {report.step_name!r}"
-    plain = report.model_copy(update={"result": to_json_value(report.result, what=what)})
-    body = ReportRequest(report=plain, claim_next=claim_next)
+    body = ReportRequest(report=_plain_report(report), claim_next=claim_next)
     return Call(
         "POST",
         f"{API_PREFIX}/workers/{_segment(worker_id)}/reports",
@@ -145,6 +150,18 @@ def report(worker_id: str, report: StepReport, claim_next: bool) -> Call[StepAss
         # is answered without changing anything (and claims no second step);
         # without one the broker cannot tell a repeat apart.
         retry_safe=report.lease_token is not None,
+    )
+
+
+def report_batch(worker_id: str, reports: list[StepReport], claim: int) -> Call[ReportBatchReply]:
+    """``POST /v1/workers/{id}/reports/batch``; safe to repeat when every report names its lease."""
+    body = ReportBatchRequest(reports=[_plain_report(report) for report in reports], claim=claim)
+    return Call(
+        "POST",
+        f"{API_PREFIX}/workers/{_segment(worker_id)}/reports/batch",
+        _model(ReportBatchReply),
+        body=_json(body),
+        retry_safe=all(report.lease_token is not None for report in reports),
     )
 
 

@@ -13,6 +13,7 @@ from fuseline.clients._base import BrokerClient
 from fuseline.errors import IdempotencyConflictError, WaitTimeoutError
 from fuseline.messages import (
     KeepAliveReply,
+    ReportBatchReply,
     RunDetails,
     RunPage,
     StepAssignment,
@@ -205,6 +206,21 @@ class LocalBrokerClient(BrokerClient):
             return nxt
         report_step(worker_id, report)
         return self.get_step(worker_id) if claim_next else None
+
+    def report_steps(
+        self, worker_id: str, reports: list[StepReport], *, claim: int = 0
+    ) -> ReportBatchReply:
+        """Report several outcomes at once; one transaction when the broker offers batches.
+
+        Reports without ``lease_token`` get the tokens this client handed out.
+        """
+        if not self._has("report_steps"):
+            return super().report_steps(worker_id, reports, claim=claim)
+        leased = [self._with_lease(worker_id, report) for report in reports]
+        reply: ReportBatchReply = self._method("report_steps")(worker_id, leased, claim=claim)
+        for assignment in reply.assignments:
+            self._remember(worker_id, assignment)
+        return reply
 
     def keep_alive(self, worker_id: str, lease_tokens: list[str] | None = None) -> KeepAliveReply:
         """Heartbeat: extend the named leases (default: all the worker holds)."""

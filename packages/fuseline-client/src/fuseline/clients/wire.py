@@ -18,13 +18,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, RootModel, Tag
 
-from fuseline.messages import KeepAliveReply, StepAssignment, StepReport, WorkerInfo
+from fuseline.messages import (
+    KeepAliveReply,
+    ReportBatchReply,
+    StepAssignment,
+    StepReport,
+    WorkerInfo,
+)
 from fuseline.workflow import WorkflowSchema
 
 __all__ = [
     "API_PREFIX",
     "IDEMPOTENCY_HEADER",
     "MAX_CLAIM_STEPS",
+    "MAX_REPORT_BATCH",
     "MAX_WAIT_SECONDS",
     "ClaimRequest",
     "ClaimResponse",
@@ -38,6 +45,8 @@ __all__ = [
     "KeepAliveReply",
     "RegisterWorkerRequest",
     "RegisterWorkerResponse",
+    "ReportBatchReply",
+    "ReportBatchRequest",
     "ReportRequest",
     "ReportResponse",
     "RunCreated",
@@ -57,6 +66,9 @@ MAX_WAIT_SECONDS = 60.0
 
 MAX_CLAIM_STEPS = 100
 """Most steps one claim request may ask for."""
+
+MAX_REPORT_BATCH = 100
+"""Most reports one batch request may carry."""
 
 _KEY = Field(default=None, min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
 
@@ -129,6 +141,18 @@ class ReportResponse(_Wire):
     """The next assignment when ``claim_next`` was asked for and a step was ready."""
 
     next: StepAssignment | None = None
+
+
+class ReportBatchRequest(_Wire):
+    """Several steps' outcomes at once, optionally claiming up to ``claim`` next steps."""
+
+    reports: list[StepReport] = Field(min_length=1, max_length=MAX_REPORT_BATCH)
+    claim: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_CLAIM_STEPS,
+        description="Steps to claim in the same transaction; usually one per report.",
+    )
 
 
 class HeartbeatRequest(_Wire):

@@ -212,7 +212,8 @@ class ProcessEngine:
             on_fatal=self._on_fatal,
             halting=self._halting,
             max_backoff=self.max_backoff,
-            senders=self.concurrency,
+            senders=_senders(self.concurrency),
+            batch=self.concurrency,
         )
         executor = StepExecutor(self._by_key, held, outbox, sync_steps=self.sync_steps)
         heartbeat = Heartbeat(
@@ -292,12 +293,15 @@ class ProcessEngine:
         for held in taken:
             session.executor.start(held)
 
-    def _claimed_with_report(self, reported: HeldStep, assignment: StepAssignment) -> None:
+    def _claimed_with_report(self, reported: HeldStep | None, assignment: StepAssignment) -> None:
         session = self._session
         if session is None:  # pragma: no cover - the outbox stops before the session ends
             return
         held = HeldStep(assignment)
-        session.held.hand_over(reported, held)
+        if reported is None:
+            session.held.admit(held)
+        else:
+            session.held.hand_over(reported, held)
         session.heartbeat.nudge()
         session.executor.start(held)
 
@@ -366,6 +370,17 @@ class ProcessEngine:
         session = self._session
         count = 0 if session is None else len(session.held.live())
         return f"finishing {count} held step(s) within {self.grace_period:g}s"
+
+
+def _senders(concurrency: int) -> int:
+    """How many report requests a worker keeps in flight.
+
+    Fewer requests than steps, so that reports finishing while one is in
+    flight wait for the next and go together (one request and one broker
+    transaction for several steps); more than one, so that a slow answer
+    does not hold up every report.
+    """
+    return min(concurrency, 2)
 
 
 def _is_count(value: object) -> bool:

@@ -137,6 +137,11 @@ class HeldSteps:
             self._generation += 1
             self._cond.notify_all()
 
+    def admit(self, held: HeldStep) -> None:
+        """Hold ``held`` without a free slot; the worker is over capacity until one frees."""
+        with self._cond:
+            self._held.append(held)
+
     def release(self, held: HeldStep) -> None:
         """Give back ``held``'s slot."""
         with self._cond:

@@ -21,6 +21,7 @@ import pydantic
 from fuseline.broker.http._config import ServerConfig
 from fuseline.messages import (
     KeepAliveReply,
+    ReportBatchReply,
     RunDetails,
     RunPage,
     StepAssignment,
@@ -53,6 +54,12 @@ class FullBroker(Protocol):
         self, worker_id: str, report: StepReport, *, claim_next: bool = False
     ) -> StepAssignment | None:
         """Record a step's outcome."""
+        ...
+
+    def report_steps(
+        self, worker_id: str, reports: list[StepReport], *, claim: int = 0
+    ) -> ReportBatchReply:
+        """Record several steps' outcomes in one transaction."""
         ...
 
     def keep_alive(

@@ -27,6 +27,7 @@ from fuseline.clients.wire import (
     HeartbeatRequest,
     RegisterWorkerRequest,
     RegisterWorkerResponse,
+    ReportBatchRequest,
     ReportRequest,
     ReportResponse,
     RunCreated,
@@ -34,12 +35,13 @@ from fuseline.clients.wire import (
     WorkflowList,
 )
 from fuseline.errors import (
+    FuselineError,
     InvalidInputError,
     LeaseConflictError,
     PayloadTooLargeError,
     WaitTimeoutError,
 )
-from fuseline.messages import KeepAliveReply
+from fuseline.messages import KeepAliveReply, ReportBatchReply, ReportOutcome, StepReport
 from fuseline.workflow import WorkflowSchema
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "list_workflows",
     "register_worker",
     "report_step",
+    "report_steps",
     "wait_for_run",
 ]
 
@@ -77,6 +80,17 @@ def _check_schema(ctx: CallContext, schema: WorkflowSchema) -> None:
             len(schema.steps),
             limit,
         )
+
+
+def _check_report(ctx: CallContext, report: StepReport) -> None:
+    if report.lease_token is None:
+        # In-process callers are trusted code; over the network the worker id
+        # alone (which clients can list) must not be enough to report a step.
+        raise LeaseConflictError(
+            "A report over HTTP must carry the lease_token of its assignment.",
+            details={"step_name": report.step_name},
+        )
+    _check_value(ctx, report.result, f"result of step {report.step_name!r}")
 
 
 def _check_value(ctx: CallContext, value: object, what: str) -> None:
@@ -131,18 +145,33 @@ async def claim_steps(ctx: CallContext) -> Reply:
 async def report_step(ctx: CallContext) -> Reply:
     """Record a step's outcome, and claim the next step when asked to."""
     body = ctx.body_as(ReportRequest)
-    if body.report.lease_token is None:
-        # In-process callers are trusted code; over the network the worker id
-        # alone (which clients can list) must not be enough to report a step.
-        raise LeaseConflictError(
-            "A report over HTTP must carry the lease_token of its assignment.",
-            details={"step_name": body.report.step_name},
-        )
-    _check_value(ctx, body.report.result, f"result of step {body.report.step_name!r}")
+    _check_report(ctx, body.report)
     following = await ctx.run(
         ctx.broker.report_step, ctx.path["worker_id"], body.report, claim_next=body.claim_next
     )
     return Reply(ReportResponse(next=following))
+
+
+async def report_steps(ctx: CallContext) -> Reply:
+    """Record several outcomes in one transaction; each one is accepted or refused alone."""
+    body = ctx.body_as(ReportBatchRequest)
+    refused: dict[int, ReportOutcome] = {}
+    for index, report in enumerate(body.reports):
+        try:
+            _check_report(ctx, report)
+        except HttpError as exc:
+            refused[index] = ReportOutcome.refused(report, exc.error)
+        except FuselineError as exc:
+            refused[index] = ReportOutcome.refused(report, exc)
+    sent = [report for index, report in enumerate(body.reports) if index not in refused]
+    reply = ReportBatchReply()
+    if sent:
+        reply = await ctx.run(
+            ctx.broker.report_steps, ctx.path["worker_id"], sent, claim=body.claim
+        )
+    answered = iter(reply.outcomes)
+    outcomes = [refused[i] if i in refused else next(answered) for i in range(len(body.reports))]
+    return Reply(ReportBatchReply(outcomes=outcomes, assignments=reply.assignments))
 
 
 async def heartbeat(ctx: CallContext) -> Reply:

@@ -26,6 +26,7 @@ from fuseline.clients.wire import (
     HeartbeatRequest,
     RegisterWorkerRequest,
     RegisterWorkerResponse,
+    ReportBatchRequest,
     ReportRequest,
     ReportResponse,
     RunCreated,
@@ -38,7 +39,7 @@ from fuseline.errors import (
     WorkerNotFoundError,
     WorkflowNotFoundError,
 )
-from fuseline.messages import KeepAliveReply, RunDetails, RunPage
+from fuseline.messages import KeepAliveReply, ReportBatchReply, RunDetails, RunPage
 from fuseline.workflow import WorkflowSchema
 
 __all__ = ["ROUTES", "Endpoint"]
@@ -140,6 +141,7 @@ ROUTES: tuple[Endpoint, ...] = (
         links=(
             ("claim", "claimSteps", "worker_id", "worker_id"),
             ("report", "reportStep", "worker_id", "worker_id"),
+            ("reportBatch", "reportSteps", "worker_id", "worker_id"),
             ("heartbeat", "heartbeat", "worker_id", "worker_id"),
         ),
         errors=(400, 409, 413, 422),
@@ -184,6 +186,23 @@ ROUTES: tuple[Endpoint, ...] = (
         errors=(400, 404, 409, 413, 422),
         description="Accepted only with the current lease token of a live lease; otherwise "
         "`lease_conflict` and nothing changes.",
+    ),
+    Endpoint(
+        "POST",
+        f"{V1}/workers/{{worker_id}}/reports/batch",
+        "reportSteps",
+        "Report several steps' outcomes at once, optionally claiming next steps",
+        "workers",
+        h.report_steps,
+        ReportBatchReply,
+        roles=WORKER,
+        body=ReportBatchRequest,
+        errors=(400, 404, 413, 422),
+        description="One transaction for all the reports. Each report is judged alone: "
+        "`outcomes` (in the order sent) has `code: null` for an accepted report and the "
+        "error's code and message for a refused one (such as `lease_conflict`), which "
+        "changed nothing. Up to `claim` steps are claimed in the same transaction, unless "
+        "every report repeated one already accepted.",
     ),
     Endpoint(
         "POST",

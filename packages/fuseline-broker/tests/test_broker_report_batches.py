@@ -1,0 +1,176 @@
+"""``report_steps``: several reports in one transaction, on every storage backend.
+
+A batch must do what the same reports sent one by one would do (results
+stored, successors enqueued once, runs finished), judge each report on its
+own, and claim the worker's next steps in the same transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from broker_contract_support import HandWorker, schema
+
+from fuseline.broker import StorageBroker
+from fuseline.errors import (
+    InvalidInputError,
+    LeaseConflictError,
+    PayloadTooLargeError,
+    WorkerNotFoundError,
+)
+from fuseline.messages import StepAssignment, StepReport
+from fuseline.status import Status
+
+S = Status
+
+
+def _report(
+    assignment: StepAssignment, result: Any, *, token: str | None = "", state: Status = S.SUCCEEDED
+) -> StepReport:
+    return StepReport(
+        workflow_id=assignment.workflow_id,
+        instance_id=assignment.instance_id,
+        step_name=assignment.step_name,
+        state=state,
+        result=result,
+        lease_token=assignment.lease_token if token == "" else token,
+    )
+
+
+def test_a_batch_records_every_report_and_claims_the_successors(broker: StorageBroker) -> None:
+    chain = schema("batch-chain", [("a", "b")])
+    worker = HandWorker(broker, [chain])
+    runs = {broker.dispatch_workflow(chain, {"n": n}): n for n in range(3)}
+    firsts = worker.claim_all()
+    assert sorted(a.step_name for a in firsts) == ["a", "a", "a"]
+
+    reply = broker.report_steps(
+        worker.worker_id, [_report(a, runs[a.instance_id] * 10) for a in firsts], claim=3
+    )
+
+    # One outcome per report, in the order sent, all accepted.
+    assert [(o.instance_id, o.step_name, o.accepted) for o in reply.outcomes] == [
+        (a.instance_id, "a", True) for a in firsts
+    ]
+    # The successors the reports made ready were claimed in the same call,
+    # each with its own predecessor's result.
+    assert sorted(a.instance_id for a in reply.assignments) == sorted(runs)
+    for b in reply.assignments:
+        assert b.step_name == "b" and b.results == {"a": runs[b.instance_id] * 10}
+        assert broker.get_run(b.instance_id).steps["b"].worker_id == worker.worker_id
+    assert worker.claim() is None
+
+    final = broker.report_steps(
+        worker.worker_id, [_report(b, runs[b.instance_id]) for b in reply.assignments], claim=3
+    )
+    assert all(o.accepted for o in final.outcomes) and final.assignments == []
+    for run_id, n in runs.items():
+        done = broker.get_run(run_id)
+        assert (done.status, done.result) == (S.SUCCEEDED, {"b": n})
+
+
+def test_a_batch_claims_no_more_than_asked(broker: StorageBroker) -> None:
+    single = schema("batch-limit", steps=["only"])
+    worker = HandWorker(broker, [single])
+    for n in range(5):
+        broker.dispatch_workflow(single, {"n": n})
+    held = [worker.claim(), worker.claim()]
+    assert all(a is not None for a in held)
+    reports = [_report(a, "ok") for a in held if a is not None]
+
+    reply = broker.report_steps(worker.worker_id, reports, claim=1)
+
+    assert len(reply.assignments) == 1
+    assert len(worker.claim_all()) == 2, "the two steps not claimed stay ready"
+
+
+def test_a_refused_report_does_not_refuse_the_others(broker: StorageBroker) -> None:
+    single = schema("batch-mixed", steps=["only"])
+    worker = HandWorker(broker, [single])
+    broker.max_result_bytes = 1000
+    for n in range(4):
+        broker.dispatch_workflow(single, {"n": n})
+    good, stale, large, failed = worker.claim_all()
+
+    reply = broker.report_steps(
+        worker.worker_id,
+        [
+            _report(good, "ok"),
+            _report(stale, "late", token="not-the-token"),  # noqa: S106 - a wrong lease token
+            _report(large, "x" * 5000),
+            _report(failed, None, state=S.FAILED),
+        ],
+    )
+
+    codes = [o.code for o in reply.outcomes]
+    assert codes == [None, LeaseConflictError.code, PayloadTooLargeError.code, None]
+    refusal = reply.outcomes[1].error()
+    assert isinstance(refusal, LeaseConflictError) and reply.outcomes[1].message
+    assert isinstance(reply.outcomes[2].error(), PayloadTooLargeError)
+    assert broker.get_run(good.instance_id).result == {"only": "ok"}
+    assert broker.get_run(failed.instance_id).status is S.FAILED
+    # The refused reports changed nothing: their steps are still running,
+    # and the holder can still report them.
+    for refused in (stale, large):
+        step = broker.get_run(refused.instance_id).steps["only"]
+        assert (step.status, step.result) == (S.RUNNING, None)
+    worker.succeed(stale, "on time")
+    assert broker.get_run(stale.instance_id).result == {"only": "on time"}
+
+
+def test_a_repeated_batch_changes_nothing_and_claims_nothing(broker: StorageBroker) -> None:
+    chain = schema("batch-repeat", [("a", "b")])
+    worker = HandWorker(broker, [chain])
+    run_id = broker.dispatch_workflow(chain)
+    a = worker.claim()
+    assert a is not None
+    sent = [_report(a, 1)]
+    first = broker.report_steps(worker.worker_id, sent, claim=1)
+    assert [b.step_name for b in first.assignments] == ["b"]
+
+    # The worker did not get the answer and sends the same batch again.
+    again = broker.report_steps(worker.worker_id, sent, claim=1)
+
+    assert [o.accepted for o in again.outcomes] == [True]
+    assert again.assignments == []
+    assert broker.get_run(run_id).steps["a"].result == 1
+    # A different outcome for the reported step is a conflict.
+    changed = broker.report_steps(worker.worker_id, [_report(a, 2)])
+    assert [o.code for o in changed.outcomes] == [LeaseConflictError.code]
+
+
+def test_reports_of_one_join_in_one_batch_enqueue_it_once(broker: StorageBroker) -> None:
+    diamond = schema("batch-diamond", [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+    worker = HandWorker(broker, [diamond])
+    run_id = broker.dispatch_workflow(diamond)
+    a = worker.claim()
+    assert a is not None
+    worker.succeed(a, 1)
+    parents = worker.claim_all()
+    assert sorted(p.step_name for p in parents) == ["b", "c"]
+
+    reply = broker.report_steps(
+        worker.worker_id, [_report(p, p.step_name) for p in parents], claim=2
+    )
+
+    assert [d.step_name for d in reply.assignments] == ["d"]
+    assert reply.assignments[0].results == {"b": "b", "c": "c"}
+    worker.succeed(reply.assignments[0], "joined")
+    assert broker.get_run(run_id).result == {"d": "joined"}
+
+
+def test_a_whole_batch_is_refused_for_bad_arguments(broker: StorageBroker) -> None:
+    single = schema("batch-bad", steps=["only"])
+    worker = HandWorker(broker, [single])
+    broker.dispatch_workflow(single)
+    a = worker.claim()
+    assert a is not None
+    with pytest.raises(WorkerNotFoundError):
+        broker.report_steps("w-unknown", [_report(a, 1)])
+    with pytest.raises(InvalidInputError):
+        broker.report_steps(worker.worker_id, [])
+    with pytest.raises(InvalidInputError):
+        broker.report_steps(worker.worker_id, [_report(a, 1)], claim=-1)
+    # None of it touched the step.
+    assert broker.get_run(a.instance_id).steps["only"].status is S.RUNNING
