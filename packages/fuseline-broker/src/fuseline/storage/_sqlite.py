@@ -4,28 +4,48 @@ A SQLite file in WAL mode serves several broker processes on one machine:
 each write transaction starts with ``BEGIN IMMEDIATE``, which takes the
 database's single write lock, so reports, claims and expiries happen one
 after the other and no row lock is needed. Readers never wait for writers.
-Other processes' changes are noticed by polling (``poll_interval``), since
-SQLite has no notifications between processes.
+
+SQLite has no notifications between processes. While anyone waits for work
+or for a run, a thread of the storage watches the file instead: every 50 ms
+it reads ``PRAGMA data_version``, a number that changes only when another
+connection committed, and only then looks (two index look-ups) whether a
+step was queued or a run finished since, to fire ``work`` or ``runs``. So a
+commit by another process wakes waiters within about 50 ms, while commits
+that queue or finish nothing (an idle claim noting that its worker was
+seen) wake no one. This process's own commits are seen too; the second
+wake-up they give is one more look for waiters that were woken already.
+Waiters still look at the tables every ``poll_interval`` as a safety net.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fuseline.errors import BrokerUnavailableError
-from fuseline.storage._base import RuntimeStorage, StorageTransaction
+from fuseline.storage._base import RuntimeStorage, Signal, StorageTransaction
 from fuseline.storage._sql import SQLITE, SqlTransaction, migrations
 
 __all__ = ["SQLiteStorage"]
 
 T = TypeVar("T")
 
+log = logging.getLogger("fuseline.storage")
+
 _BUSY_TIMEOUT_MS = 30_000
+_WATCH_INTERVAL = 0.05
+# The newest queued step and the newest finished run; both columns are the
+# first of a partial index, so this reads two index entries. A step is queued
+# (again) with ``ready_at`` set to the time, so a newer queued step means work.
+_NEWEST = (
+    "SELECT (SELECT max(ready_at) FROM fuseline_steps WHERE status = 'PENDING'), "
+    "(SELECT max(finished_at) FROM fuseline_runs WHERE finished_at IS NOT NULL)"
+)
 
 
 def _migrate(connection: sqlite3.Connection) -> None:
@@ -47,6 +67,92 @@ def _migrate(connection: sqlite3.Connection) -> None:
     except BaseException:
         connection.execute("ROLLBACK")
         raise
+
+
+def _newer(before: Any, now: Any) -> bool:
+    return now is not None and (before is None or now > before)
+
+
+class _FileWatch:
+    """The thread that fires a storage's signals for other processes' commits.
+
+    Its connection is used by its own thread only. It starts with the first
+    wait, so a storage that no one waits on runs no thread.
+    """
+
+    def __init__(
+        self, connect: Callable[[], sqlite3.Connection], work: Signal, runs: Signal
+    ) -> None:
+        self._connect = connect
+        self._work = work
+        self._runs = runs
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start watching, unless watching already or stopped."""
+        with self._lock:
+            if self._thread is not None or self._stopped.is_set():
+                return
+            self._thread = threading.Thread(
+                target=self._watch, name="fuseline-sqlite-watch", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and wait until it closed its connection."""
+        with self._lock:
+            self._stopped.set()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        work, runs = self._work, self._runs
+        try:
+            connection = self._connect()
+        except sqlite3.Error as exc:
+            log.warning("Cannot watch the SQLite file for other processes' changes: %s", exc)
+            return
+        try:
+            seen = connection.execute("PRAGMA data_version").fetchone()[0]
+            queued, finished = connection.execute(_NEWEST).fetchone()
+            # A waiter may have looked at the tables before this first look.
+            work.fire()
+            runs.fire()
+            while not self._stopped.wait(_WATCH_INTERVAL):
+                try:
+                    version = connection.execute("PRAGMA data_version").fetchone()[0]
+                    if version == seen:
+                        continue
+                    new_queued, new_finished = connection.execute(_NEWEST).fetchone()
+                except sqlite3.Error as exc:  # pragma: no cover - busy during recovery
+                    log.debug("watching the SQLite file failed: %s", exc)
+                    continue
+                seen = version
+                if _newer(queued, new_queued):
+                    work.fire()
+                if _newer(finished, new_finished):
+                    runs.fire()
+                queued, finished = new_queued, new_finished
+        except sqlite3.Error as exc:  # pragma: no cover - the file became unreadable
+            log.warning("Stopped watching the SQLite file for other processes' changes: %s", exc)
+        finally:
+            connection.close()
+
+
+class _WatchedSignal(Signal):
+    """A signal whose waiters first make sure that the file is watched."""
+
+    def __init__(self, start_watch: Callable[[], None]) -> None:
+        super().__init__()
+        self._start_watch = start_watch
+
+    def wait(self, since: int, timeout: float) -> bool:
+        """Wait until a hint newer than ``since`` or ``timeout`` seconds; True on a hint."""
+        self._start_watch()
+        return super().wait(since, timeout)
 
 
 class _SQLiteBase(RuntimeStorage):
@@ -80,12 +186,13 @@ class SQLiteStorage(_SQLiteBase):
         path: The database file; created (with its tables) when missing.
         durable: Sync the write-ahead log to disk at every commit, so that an
             acknowledged change survives a power cut, not only a crash.
-        poll_interval: How often a waiting claim looks for work that another
-            process made ready.
+        poll_interval: How often a waiter looks at the tables although it
+            heard of no change. Work queued by another process on the same
+            file is noticed within about 50 ms anyway, by watching the file.
     """
 
     def __init__(
-        self, path: str | Path, *, durable: bool = True, poll_interval: float = 0.05
+        self, path: str | Path, *, durable: bool = True, poll_interval: float = 1.0
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -96,18 +203,16 @@ class SQLiteStorage(_SQLiteBase):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.work = _WatchedSignal(self._start_watch)
+        self.runs = _WatchedSignal(self._start_watch)
+        self._watch = _FileWatch(self._open, self.work, self.runs)
         try:
             _migrate(self._connection())
         except sqlite3.Error as exc:
             self.close()
             raise BrokerUnavailableError(f"Cannot open {self.description}: {exc}") from exc
 
-    def _connection(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is not None:
-            return connection
-        if self._closed:
-            raise BrokerUnavailableError("The storage is closed.")
+    def _open(self) -> sqlite3.Connection:
         connection = sqlite3.connect(
             self.path,
             timeout=_BUSY_TIMEOUT_MS / 1000,
@@ -117,6 +222,18 @@ class SQLiteStorage(_SQLiteBase):
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute(f"PRAGMA synchronous={self._synchronous}")
         connection.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        return connection
+
+    def _start_watch(self) -> None:
+        self._watch.start()
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is not None:
+            return connection
+        if self._closed:
+            raise BrokerUnavailableError("The storage is closed.")
+        connection = self._open()
         self._local.connection = connection
         with self._lock:
             self._connections.append(connection)
@@ -132,8 +249,9 @@ class SQLiteStorage(_SQLiteBase):
             ) from exc
 
     def close(self) -> None:
-        """Close every connection this storage opened."""
+        """Stop watching the file and close every connection this storage opened."""
         self._closed = True
+        self._watch.stop()
         with self._lock:
             connections, self._connections = self._connections, []
         for connection in connections:
