@@ -314,7 +314,11 @@ class StorageBroker(Broker):
             remaining = deadline - time.monotonic()
             if found or remaining <= 0:
                 return found
-            self.storage.work.wait(since, min(remaining, self.storage.poll_interval))
+            hinted = self.storage.work.wait(since, min(remaining, self.storage.poll_interval))
+            if not hinted and time.monotonic() >= deadline:
+                # Nothing was made ready since the last look: looking again
+                # would only cost a transaction (idle workers ask every second).
+                return []
 
     def report_step(
         self, worker_id: str, report: StepReport, *, claim_next: bool = False
@@ -457,13 +461,17 @@ class StorageBroker(Broker):
             if details.status.is_terminal:
                 return details
             remaining = 3600.0 if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeoutError(
-                    f"Run {run_id!r} is still {details.status.value} after {timeout:g} s.",
-                    details={"run_id": run_id, "status": details.status.value},
-                )
-            self._reap_if_due()
-            self.storage.runs.wait(since, min(remaining, self.storage.poll_interval))
+            if remaining > 0:
+                self._reap_if_due()
+                hinted = self.storage.runs.wait(since, min(remaining, self.storage.poll_interval))
+                # Unless a run finished meanwhile, a last look at the deadline
+                # would only cost a transaction.
+                if hinted or deadline is None or time.monotonic() < deadline:
+                    continue
+            raise WaitTimeoutError(
+                f"Run {run_id!r} is still {details.status.value} after {timeout:g} s.",
+                details={"run_id": run_id, "status": details.status.value},
+            )
 
     def list_runs(
         self,
