@@ -10,6 +10,7 @@ without scanning the rest.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import threading
 import time
@@ -33,6 +34,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 StepKey = tuple[str, str]
+
+
+def _seq(run: StoredRun) -> int:
+    return run.seq
 
 
 def _copy(row: R) -> R:
@@ -158,18 +163,16 @@ class _MemoryTransaction(StorageTransaction):
         limit: int,
         before_seq: int | None,
     ) -> list[StoredRun]:
-        found: list[StoredRun] = []
-        for run in sorted(self._t.runs.values(), key=lambda r: r.seq, reverse=True):
-            if before_seq is not None and run.seq >= before_seq:
-                continue
-            if workflow_id is not None and run.workflow_id != workflow_id:
-                continue
-            if status is not None and run.status is not status:
-                continue
-            found.append(_copy(run))
-            if len(found) == limit:
-                break
-        return found
+        # Filter first, then pick the newest: waiting for runs to end polls
+        # this with a status filter that few of many runs match.
+        matching = [
+            run
+            for run in self._t.runs.values()
+            if (before_seq is None or run.seq < before_seq)
+            and (workflow_id is None or run.workflow_id == workflow_id)
+            and (status is None or run.status is status)
+        ]
+        return [_copy(run) for run in heapq.nlargest(limit, matching, key=_seq)]
 
     def delete_finished_runs(self, finished_before: float, limit: int) -> int:
         old = [
