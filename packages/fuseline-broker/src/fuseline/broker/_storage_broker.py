@@ -24,6 +24,7 @@ import weakref
 from typing import Any
 
 from fuseline.broker._base import Broker
+from fuseline.broker._finished import FinishedRuns
 from fuseline.broker._leases import extend_leases
 from fuseline.broker._records import assignment, run_details, run_summary, worker_info
 from fuseline.broker._reports import CheckedReport, apply_report, check_report
@@ -113,7 +114,8 @@ class StorageBroker(Broker):
         self.default_max_attempts = default_max_attempts
         self.max_result_bytes = max_result_bytes
         self.retention = retention
-        self._runs = RunTransitions(default_lease, default_max_attempts)
+        self._finished = FinishedRuns()
+        self._runs = RunTransitions(default_lease, default_max_attempts, self._finished.add)
         self._graphs: dict[WorkflowKey, RunGraph] = {}
         self._worker_workflows: dict[str, list[WorkflowKey]] = {}
         self._touched: dict[str, float] = {}
@@ -457,7 +459,7 @@ class StorageBroker(Broker):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             since = self.storage.runs.generation
-            details = self.get_run(run_id)
+            details = self._finished.get(run_id) or self.get_run(run_id)
             if details.status.is_terminal:
                 return details
             remaining = 3600.0 if deadline is None else deadline - time.monotonic()
@@ -593,6 +595,8 @@ class StorageBroker(Broker):
         deleted = 0
         while True:
             count = self.storage.atomic(lambda t: t.delete_finished_runs(t.now() - older_than, 500))
+            if count:
+                self._finished.clear()
             deleted += count
             if count < 500:
                 return deleted

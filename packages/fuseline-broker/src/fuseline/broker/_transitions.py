@@ -8,8 +8,8 @@ decides anything about the DAG itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 
 from fuseline.broker._leases import lease_ran_out
 from fuseline.broker._records import facts
@@ -29,10 +29,13 @@ class RunTransitions:
     Attributes:
         default_lease: Lease seconds of a step without a timeout.
         default_max_attempts: Hand-outs of a step without a retry policy.
+        on_finished: Called with a run that just finished and its rows, once
+            the transaction that finished it committed.
     """
 
     default_lease: float
     default_max_attempts: int
+    on_finished: Callable[[RunGraph, StoredRun, list[StoredStep]], None] | None = None
 
     def new_step(
         self,
@@ -77,8 +80,8 @@ class RunTransitions:
         t.add_steps(rows)
         return rows
 
-    @staticmethod
     def conclude(
+        self,
         t: StorageTransaction,
         graph: RunGraph,
         run: StoredRun,
@@ -93,6 +96,9 @@ class RunTransitions:
             run.finished_at = now
             run.result = {output: results.get(output) for output in graph.outputs}
             t.notify_runs()
+            if self.on_finished is not None:
+                on_finished, finished = self.on_finished, replace(run)
+                t.after_commit(lambda: on_finished(graph, finished, rows))
         t.update_run(run)
 
     def finish(

@@ -118,7 +118,31 @@ class StoredStep:
 
 
 class StorageTransaction(ABC):
-    """Reads and writes inside one transaction. Obtain one from ``RuntimeStorage.atomic``."""
+    """Reads and writes inside one transaction. Obtain one from ``RuntimeStorage.atomic``.
+
+    Attributes:
+        work_changed: Set by :meth:`notify_work`.
+        runs_changed: Set by :meth:`notify_runs`.
+    """
+
+    work_changed: bool = False
+    runs_changed: bool = False
+    _after_commit: list[Callable[[], None]] | None = None
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once this transaction committed, before waiters are woken.
+
+        Nothing is called when the transaction rolls back, and a transaction
+        that is run again starts with no callbacks.
+        """
+        if self._after_commit is None:
+            self._after_commit = []
+        self._after_commit.append(callback)
+
+    def committed(self) -> None:
+        """Run the ``after_commit`` callbacks; backends call this right after COMMIT."""
+        for callback in self._after_commit or ():
+            callback()
 
     @abstractmethod
     def now(self) -> float:
@@ -309,6 +333,14 @@ class RuntimeStorage(ABC):
     def __init__(self) -> None:
         self.work = Signal()
         self.runs = Signal()
+
+    def _committed(self, transaction: StorageTransaction) -> None:
+        """What follows a commit: the transaction's callbacks, then the wake-ups."""
+        transaction.committed()
+        if transaction.work_changed:
+            self.work.fire()
+        if transaction.runs_changed:
+            self.runs.fire()
 
     @abstractmethod
     def atomic(self, body: Callable[[StorageTransaction], T], *, write: bool = True) -> T:

@@ -355,8 +355,5 @@ class MemoryStorage(RuntimeStorage):
             except BaseException:
                 transaction.rollback()
                 raise
-        if transaction.work_changed:
-            self.work.fire()
-        if transaction.runs_changed:
-            self.runs.fire()
+        self._committed(transaction)
         return result

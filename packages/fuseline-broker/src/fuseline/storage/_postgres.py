@@ -162,10 +162,7 @@ class PostgresStorage(RuntimeStorage):
             transaction = _PgTransaction(connection, POSTGRESQL, time.time)
             with connection.transaction():
                 result = body(transaction)
-        if transaction.work_changed:
-            self.work.fire()
-        if transaction.runs_changed:
-            self.runs.fire()
+        self._committed(transaction)
         return result
 
     def _listen(self) -> None:

@@ -172,10 +172,7 @@ class _SQLiteBase(RuntimeStorage):
         except BaseException:
             connection.execute("ROLLBACK")
             raise
-        if transaction.work_changed:
-            self.work.fire()
-        if transaction.runs_changed:
-            self.runs.fire()
+        self._committed(transaction)
         return result
 
 
