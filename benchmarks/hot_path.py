@@ -73,21 +73,21 @@ def _counting(tally: _Tally) -> Iterator[None]:
         psycopg.Connection.transaction = transaction  # type: ignore[method-assign]
 
 
+def _outcome(a: StepAssignment, result: Any) -> StepReport:
+    return StepReport(
+        workflow_id=a.workflow_id,
+        instance_id=a.instance_id,
+        step_name=a.step_name,
+        state=Status.SUCCEEDED,
+        result=result,
+        lease_token=a.lease_token,
+    )
+
+
 def _report(
     broker: PostgresBroker, worker_id: str, a: StepAssignment, result: Any, claim_next: bool
 ) -> StepAssignment | None:
-    return broker.report_step(
-        worker_id,
-        StepReport(
-            workflow_id=a.workflow_id,
-            instance_id=a.instance_id,
-            step_name=a.step_name,
-            state=Status.SUCCEEDED,
-            result=result,
-            lease_token=a.lease_token,
-        ),
-        claim_next=claim_next,
-    )
+    return broker.report_step(worker_id, _outcome(a, result), claim_next=claim_next)
 
 
 def count_statements(url: str) -> list[dict[str, Any]]:
@@ -142,6 +142,15 @@ def count_statements(url: str) -> list[dict[str, Any]]:
                 "report + claim_next: a single-step run ends, another run's step is claimed",
                 lambda: _report(broker, worker, first, {"n": 2}, True),
             )
+            for n in range(4, 8):
+                broker.dispatch_workflow(schema, {"n": n})
+            firsts = broker.get_steps(worker, max_steps=4)
+            measure(
+                "report_steps: 4 reports of 4 runs' first steps, claiming the 4 successors",
+                lambda: broker.report_steps(
+                    worker, [_outcome(f, {"n": 0, "hops": 1}) for f in firsts], claim=4
+                ),
+            )
             measure("get_run", lambda: broker.get_run(run_id))
             measure("wait_for_run on a finished run", lambda: broker.wait_for_run(run_id, 1))
             measure("heartbeat (keep_alive) holding one lease", lambda: broker.keep_alive(worker))
@@ -170,6 +179,13 @@ class _CountingClient(HttpBrokerClient):
         self._count("report (+ claim_next)")
         return super().report_step(*args, **kwargs)
 
+    def report_steps(self, *args: Any, **kwargs: Any) -> Any:
+        self._count("report batch (+ claims)")
+        reply = super().report_steps(*args, **kwargs)
+        with self._lock:
+            self.calls["reports sent in batches"] += len(reply.outcomes)
+        return reply
+
     def keep_alive(self, *args: Any, **kwargs: Any) -> Any:
         self._count("heartbeat")
         return super().keep_alive(*args, **kwargs)
@@ -190,7 +206,7 @@ def count_http_requests(server_url: str, runs: int = 100) -> list[dict[str, Any]
         token = setup._worker_env["FUSELINE_WORKER_TOKEN"]
         for workflow in (SINGLE, CHAIN, DIAMOND):
             # Every run is queued before the workers start: the busy regime,
-            # where each report's claim_next brings the next step.
+            # where reports (single or batched) bring the next steps.
             schema = workflow.to_schema()
             run_ids = [setup.client.dispatch_workflow(schema, {"n": n}) for n in range(runs)]
             clients = [_CountingClient(setup.url, token) for _ in range(2)]

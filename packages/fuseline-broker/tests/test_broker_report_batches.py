@@ -44,6 +44,9 @@ def test_a_batch_records_every_report_and_claims_the_successors(broker: StorageB
     runs = {broker.dispatch_workflow(chain, {"n": n}): n for n in range(3)}
     firsts = worker.claim_all()
     assert sorted(a.step_name for a in firsts) == ["a", "a", "a"]
+    # One claim of several steps leases each with a token of its own and starts its run.
+    assert len({a.lease_token for a in firsts}) == 3
+    assert {broker.get_run(run_id).status for run_id in runs} == {S.RUNNING}
 
     reply = broker.report_steps(
         worker.worker_id, [_report(a, runs[a.instance_id] * 10) for a in firsts], claim=3
@@ -56,6 +59,7 @@ def test_a_batch_records_every_report_and_claims_the_successors(broker: StorageB
     # The successors the reports made ready were claimed in the same call,
     # each with its own predecessor's result.
     assert sorted(a.instance_id for a in reply.assignments) == sorted(runs)
+    assert len({a.lease_token for a in reply.assignments}) == 3
     for b in reply.assignments:
         assert b.step_name == "b" and b.results == {"a": runs[b.instance_id] * 10}
         assert broker.get_run(b.instance_id).steps["b"].worker_id == worker.worker_id
@@ -158,6 +162,33 @@ def test_reports_of_one_join_in_one_batch_enqueue_it_once(broker: StorageBroker)
     assert reply.assignments[0].results == {"b": "b", "c": "c"}
     worker.succeed(reply.assignments[0], "joined")
     assert broker.get_run(run_id).result == {"d": "joined"}
+
+
+def test_two_parents_of_one_run_and_a_parent_of_another_in_one_batch(
+    broker: StorageBroker,
+) -> None:
+    diamond = schema("batch-two-joins", [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+    worker = HandWorker(broker, [diamond])
+    first, second = (broker.dispatch_workflow(diamond, {"n": n}) for n in (1, 2))
+    for a in worker.claim_all():
+        worker.succeed(a, a.instance_id)
+    parents = {(p.instance_id, p.step_name): p for p in worker.claim_all()}
+    assert len(parents) == 4
+    sent = [parents[first, "b"], parents[second, "b"], parents[first, "c"]]
+
+    reply = broker.report_steps(worker.worker_id, [_report(p, p.step_name) for p in sent], claim=3)
+
+    # Both parents of the first run were recorded, so its join is ready; the
+    # second run's join still waits for c.
+    assert [o.accepted for o in reply.outcomes] == [True, True, True]
+    assert [(d.instance_id, d.step_name) for d in reply.assignments] == [(first, "d")]
+    assert reply.assignments[0].results == {"b": "b", "c": "c"}
+    worker.succeed(parents[second, "c"], "c")
+    d = worker.claim()
+    assert d is not None and (d.instance_id, d.results) == (second, {"b": "b", "c": "c"})
+    for join in (reply.assignments[0], d):
+        worker.succeed(join, "joined")
+    assert {broker.get_run(r).result["d"] for r in (first, second)} == {"joined"}  # type: ignore[index]
 
 
 def test_a_whole_batch_is_refused_for_bad_arguments(broker: StorageBroker) -> None:

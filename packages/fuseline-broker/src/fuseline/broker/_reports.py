@@ -19,11 +19,14 @@ from fuseline.broker._validation import json_payload
 from fuseline.errors import InvalidInputError, RunNotFoundError, StepNotFoundError
 from fuseline.messages import StepError, StepReport
 from fuseline.status import Status
-from fuseline.storage import StorageTransaction, WorkflowKey
+from fuseline.storage import StorageTransaction, StoredRun, StoredStep, WorkflowKey
 from fuseline.workflow import rules
 from fuseline.workflow.rules import RunGraph
 
-__all__ = ["CheckedReport", "apply_report", "check_report"]
+__all__ = ["CheckedReport", "Known", "apply_report", "check_report"]
+
+Known = tuple[StoredRun | None, dict[str, StoredStep]]
+"""A run read (and locked) ahead, or None when it does not exist, with its rows by name."""
 
 _REPORTABLE = (Status.SUCCEEDED, Status.FAILED, Status.SKIPPED, Status.CANCELLED)
 
@@ -70,8 +73,13 @@ def apply_report(
     graph_of: Callable[[StorageTransaction, WorkflowKey], RunGraph],
     runs: RunTransitions,
     reachable_for: float | None,
+    known: Known | None = None,
 ) -> bool:
     """Record ``checked`` and settle what follows from it, inside transaction ``t``.
+
+    ``known`` is the run, locked, and its rows by step name, when the caller
+    read them already (for several reports at once); they are updated in
+    place, so a later report of the same run sees this one's changes.
 
     Returns:
         True when recorded; False when it repeats the report already accepted
@@ -83,7 +91,11 @@ def apply_report(
         LeaseConflictError: The worker does not hold the step's live lease.
     """
     report = checked.report
-    run = t.get_run(report.instance_id, lock=True)
+    if known is None:
+        run = t.get_run(report.instance_id, lock=True)
+        rows = None
+    else:
+        run, rows = known
     if run is None:
         raise RunNotFoundError(
             f"No run {report.instance_id!r} exists.", details={"run_id": report.instance_id}
@@ -101,7 +113,8 @@ def apply_report(
             f"{report.step_name!r}.",
             details={"step_name": report.step_name},
         )
-    rows = {row.step_name: row for row in t.steps_of(run.run_id)}
+    if rows is None:
+        rows = {row.step_name: row for row in t.steps_of(run.run_id)}
     step = rows.get(report.step_name)
     now = t.now()
     if not report_applies(step, worker_id, report, checked.result, now, reachable_for):

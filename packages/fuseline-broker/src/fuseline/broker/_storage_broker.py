@@ -27,7 +27,7 @@ from fuseline.broker._base import Broker
 from fuseline.broker._finished import FinishedRuns
 from fuseline.broker._leases import extend_leases
 from fuseline.broker._records import assignment, run_details, run_summary, worker_info
-from fuseline.broker._reports import CheckedReport, apply_report, check_report
+from fuseline.broker._reports import CheckedReport, Known, apply_report, check_report
 from fuseline.broker._transitions import RunTransitions
 from fuseline.broker._validation import as_schema, json_payload
 from fuseline.errors import (
@@ -189,23 +189,25 @@ class StorageBroker(Broker):
         workflows = self._workflows_of(t, worker_id)
         self._touch(t, worker_id)
         rows = t.claim_steps(worker_id, workflows, limit, _lease_token)
-        runs: dict[str, StoredRun] = {}
+        if not rows:
+            return []
         # Sorted: claims that start the same runs lock them in the same order.
-        for run_id in sorted({row.run_id for row in rows}):
-            run = t.get_run(run_id)
-            if run is None:  # pragma: no cover - a step row never outlives its run
-                raise RunNotFoundError(f"Run {run_id!r} vanished.")
-            if run.status is Status.PENDING:
-                # The first hand-out starts the run. A conditional update, so a
-                # cancel committed meanwhile is never overwritten.
-                t.start_run(run_id)
-            runs[run_id] = run
-        handed: list[StepAssignment] = []
+        run_ids = sorted({row.run_id for row in rows})
+        runs = t.runs_by_id(run_ids)
+        if len(runs) != len(run_ids):  # pragma: no cover - a step row never outlives its run
+            raise RunNotFoundError(f"Runs {sorted(set(run_ids) - set(runs))!r} vanished.")
+        # The first hand-out starts a run. A conditional update, so a cancel
+        # committed meanwhile is never overwritten.
+        t.start_runs([run_id for run_id in run_ids if runs[run_id].status is Status.PENDING])
+        wanted = []
         for row in rows:
             graph = self._graph(t, (row.workflow_id, row.version))
-            sources = graph.result_sources(row.step_name, row.or_winners)
-            handed.append(assignment(row, runs[row.run_id], t.results_of(row.run_id, sources)))
-        return handed
+            wanted.append((row.run_id, graph.result_sources(row.step_name, row.or_winners)))
+        results = t.results_for(wanted)
+        return [
+            assignment(row, runs[row.run_id], found)
+            for row, found in zip(rows, results, strict=True)
+        ]
 
     # -- worker-facing --------------------------------------------------------------
     def register_worker(self, workflows: list[WorkflowSchema], *, name: str | None = None) -> str:
@@ -389,9 +391,12 @@ class StorageBroker(Broker):
             self._workflows_of(t, worker_id)
             done = list(outcomes)
             recorded = False
+            known = self._read_ahead(t, sorted({one.report.instance_id for _, one in checked}))
             for index, one in checked:
                 try:
-                    recorded |= self._apply_report(t, worker_id, one)
+                    recorded |= self._apply_report(
+                        t, worker_id, one, known.get(one.report.instance_id)
+                    )
                 except FuselineError as exc:
                     done[index] = ReportOutcome.refused(one.report, exc)
                 else:
@@ -405,7 +410,25 @@ class StorageBroker(Broker):
 
         return self.storage.atomic(body)
 
-    def _apply_report(self, t: StorageTransaction, worker_id: str, checked: CheckedReport) -> bool:
+    @staticmethod
+    def _read_ahead(t: StorageTransaction, run_ids: list[str]) -> dict[str, Known]:
+        """Lock and read several runs and their rows at once (nothing to gain for one)."""
+        if len(run_ids) < 2:
+            return {}
+        runs = t.runs_by_id(run_ids, lock=True)
+        rows = t.steps_of_runs(list(runs))
+        return {
+            run_id: (runs.get(run_id), {row.step_name: row for row in rows.get(run_id, [])})
+            for run_id in run_ids
+        }
+
+    def _apply_report(
+        self,
+        t: StorageTransaction,
+        worker_id: str,
+        checked: CheckedReport,
+        known: Known | None = None,
+    ) -> bool:
         return apply_report(
             t,
             worker_id,
@@ -413,6 +436,7 @@ class StorageBroker(Broker):
             graph_of=self._graph,
             runs=self._runs,
             reachable_for=self._reachable_for(),
+            known=known,
         )
 
     def keep_alive(self, worker_id: str, lease_tokens: list[str] | None = None) -> KeepAliveReply:

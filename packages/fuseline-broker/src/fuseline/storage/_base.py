@@ -276,6 +276,28 @@ class StorageTransaction(ABC):
     def results_of(self, run_id: str, step_names: Sequence[str]) -> dict[str, Any]:
         """The results of those steps of the run that SUCCEEDED."""
 
+    def runs_by_id(self, run_ids: Sequence[str], *, lock: bool = False) -> dict[str, StoredRun]:
+        """The runs that exist among ``run_ids`` (backends may read them at once).
+
+        With ``lock``, they are locked as :meth:`get_run` locks, in the order
+        of their ids; pass them sorted.
+        """
+        found = {run_id: self.get_run(run_id, lock=lock) for run_id in run_ids}
+        return {run_id: run for run_id, run in found.items() if run is not None}
+
+    def steps_of_runs(self, run_ids: Sequence[str]) -> dict[str, list[StoredStep]]:
+        """:meth:`steps_of` (unlocked) for each of ``run_ids``."""
+        return {run_id: self.steps_of(run_id) for run_id in run_ids}
+
+    def start_runs(self, run_ids: Sequence[str]) -> None:
+        """:meth:`start_run` for each of ``run_ids``, in their order."""
+        for run_id in run_ids:
+            self.start_run(run_id)
+
+    def results_for(self, wanted: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, Any]]:
+        """:meth:`results_of` for each ``(run_id, step_names)``, in order."""
+        return [self.results_of(run_id, names) for run_id, names in wanted]
+
     # -- wake-ups -----------------------------------------------------------------
     @abstractmethod
     def notify_work(self) -> None:

@@ -399,6 +399,49 @@ class SqlTransaction(StorageTransaction):
         ).fetchone()
         return None if row is None else _run(row)
 
+    def runs_by_id(self, run_ids: Sequence[str], *, lock: bool = False) -> dict[str, StoredRun]:
+        """The runs that exist among ``run_ids``, in one statement (locked in id order)."""
+        if not run_ids:
+            return {}
+        marks = ", ".join("?" * len(run_ids))
+        suffix = self._dialect.lock if lock else ""
+        clock = self._now is None and self._dialect.clock is not None
+        extra = ", extract(epoch FROM clock_timestamp())::float8" if clock else ""
+        rows = self._execute(
+            f"SELECT {_RUN_COLUMNS}{extra} FROM fuseline_runs WHERE run_id IN ({marks}) "
+            f"ORDER BY run_id{suffix}",
+            tuple(run_ids),
+        ).fetchall()
+        if clock and rows:
+            self._now = float(rows[0][-1])
+            return {row[0]: _run(row[:-1]) for row in rows}
+        return {row[0]: _run(row) for row in rows}
+
+    def steps_of_runs(self, run_ids: Sequence[str]) -> dict[str, list[StoredStep]]:
+        """Every step row of each of the runs, in one statement."""
+        found: dict[str, list[StoredStep]] = {run_id: [] for run_id in run_ids}
+        if not run_ids:
+            return found
+        marks = ", ".join("?" * len(run_ids))
+        rows = self._execute(
+            f"SELECT {_STEP_COLUMNS} FROM fuseline_steps WHERE run_id IN ({marks})",
+            tuple(run_ids),
+        ).fetchall()
+        for row in rows:
+            found[row[0]].append(_step(row))
+        return found
+
+    def start_runs(self, run_ids: Sequence[str]) -> None:
+        """Mark the PENDING ones of the runs RUNNING, in one statement."""
+        if not run_ids:
+            return
+        marks = ", ".join("?" * len(run_ids))
+        self._execute(
+            "UPDATE fuseline_runs SET status = 'RUNNING' "
+            f"WHERE run_id IN ({marks}) AND status = 'PENDING'",
+            tuple(run_ids),
+        )
+
     def start_run(self, run_id: str) -> None:
         """Mark a PENDING run RUNNING without reading it first."""
         self._execute(
@@ -511,23 +554,28 @@ class SqlTransaction(StorageTransaction):
             return []
         keys = " OR ".join("(workflow_id = ? AND version = ?)" for _ in workflows)
         key_values = tuple(part for key in workflows for part in key)
-        if limit == 1 and self._dialect.name == "postgresql":
-            # The common claim in one round trip: pick, lock and lease the oldest
-            # step. (SQLite keeps two statements: they cost no round trip there,
-            # and UPDATE ... FROM needs a newer SQLite than some systems ship.)
+        if self._dialect.name == "postgresql":
+            # One round trip: pick, lock and lease the oldest steps, each with
+            # its own token. (SQLite keeps separate statements: they cost no
+            # round trip there, and UPDATE ... FROM needs a newer SQLite than
+            # some systems ship.)
             now = self.now()
-            row = self._execute(
-                "WITH picked AS MATERIALIZED (SELECT run_id AS pr, step_name AS ps "
-                "FROM fuseline_steps "
+            rows = self._execute(
+                "WITH locked AS MATERIALIZED (SELECT run_id AS pr, step_name AS ps, "
+                "ready_at AS ra FROM fuseline_steps "
                 f"WHERE status = 'PENDING' AND ({keys}) "
-                f"ORDER BY ready_at LIMIT 1{self._dialect.skip_locked}) "
+                f"ORDER BY ready_at LIMIT ?{self._dialect.skip_locked}), "
+                "picked AS (SELECT pr, ps, row_number() OVER (ORDER BY ra, pr, ps) AS n "
+                "FROM locked) "
                 "UPDATE fuseline_steps SET status = 'RUNNING', attempt = attempt + 1, "
-                "worker_id = ?, lease_token = ?, deadline = ? + lease_seconds, started_at = ? "
+                "worker_id = ?, lease_token = (?::text[])[picked.n], "
+                "deadline = ? + lease_seconds, started_at = ? "
                 "FROM picked WHERE run_id = picked.pr AND step_name = picked.ps "
                 f"RETURNING {_STEP_COLUMNS}",
-                (*key_values, worker_id, tokens(), now, now),
-            ).fetchone()
-            return [] if row is None else [_step(row)]
+                (*key_values, limit, worker_id, [tokens() for _ in range(limit)], now, now),
+            ).fetchall()
+            # RETURNING follows no order: hand them out oldest first.
+            return sorted((_step(row) for row in rows), key=lambda s: s.ready_at)
         picked = self._execute(
             "SELECT run_id, step_name FROM fuseline_steps "
             f"WHERE status = 'PENDING' AND ({keys}) "
@@ -597,6 +645,23 @@ class SqlTransaction(StorageTransaction):
             (run_id, *step_names),
         ).fetchall()
         return {row[0]: _load(row[1]) for row in rows}
+
+    def results_for(self, wanted: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, Any]]:
+        """Results of the named SUCCEEDED steps of several runs, in one statement."""
+        pairs = [(run_id, name) for run_id, names in wanted for name in names]
+        if len(wanted) <= 1 or not pairs:
+            return [self.results_of(run_id, names) for run_id, names in wanted]
+        # A row value per (run, step), matched with the primary key.
+        marks = ", ".join("(?, ?)" for _ in pairs)
+        rows = self._execute(
+            "SELECT run_id, step_name, result FROM fuseline_steps "
+            f"WHERE status = 'SUCCEEDED' AND (run_id, step_name) IN ({marks})",
+            tuple(part for pair in pairs for part in pair),
+        ).fetchall()
+        found: dict[str, dict[str, Any]] = {}
+        for run_id, step_name, result in rows:
+            found.setdefault(run_id, {})[step_name] = _load(result)
+        return [dict(found.get(run_id, {})) for run_id, _ in wanted]
 
     # -- wake-ups -----------------------------------------------------------------
     def notify_work(self) -> None:
