@@ -648,19 +648,24 @@ class SqlTransaction(StorageTransaction):
 
     def results_for(self, wanted: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, Any]]:
         """Results of the named SUCCEEDED steps of several runs, in one statement."""
-        pairs = [(run_id, name) for run_id, names in wanted for name in names]
+        pairs = {(run_id, name) for run_id, names in wanted for name in names}
         if len(wanted) <= 1 or not pairs:
             return [self.results_of(run_id, names) for run_id, names in wanted]
-        # A row value per (run, step), matched with the primary key.
-        marks = ", ".join("(?, ?)" for _ in pairs)
+        # Matched by run id and by step name separately, which both databases
+        # answer from the primary key (SQLite scans the table for a list of
+        # row values); the exact pairs are picked out here.
+        run_ids = sorted({run_id for run_id, _ in pairs})
+        names = sorted({name for _, name in pairs})
         rows = self._execute(
-            "SELECT run_id, step_name, result FROM fuseline_steps "
-            f"WHERE status = 'SUCCEEDED' AND (run_id, step_name) IN ({marks})",
-            tuple(part for pair in pairs for part in pair),
+            "SELECT run_id, step_name, result FROM fuseline_steps WHERE status = 'SUCCEEDED' "
+            f"AND run_id IN ({', '.join('?' * len(run_ids))}) "
+            f"AND step_name IN ({', '.join('?' * len(names))})",
+            (*run_ids, *names),
         ).fetchall()
         found: dict[str, dict[str, Any]] = {}
         for run_id, step_name, result in rows:
-            found.setdefault(run_id, {})[step_name] = _load(result)
+            if (run_id, step_name) in pairs:
+                found.setdefault(run_id, {})[step_name] = _load(result)
         return [dict(found.get(run_id, {})) for run_id, _ in wanted]
 
     # -- wake-ups -----------------------------------------------------------------
