@@ -533,6 +533,7 @@ class _SlowReports(FakeBrokerClient):
 
     def __init__(self) -> None:
         super().__init__()
+        self.first_sent = threading.Event()
         self.second_delivered = threading.Event()
         self.first_waited = False
         self._entered = 0
@@ -545,6 +546,7 @@ class _SlowReports(FakeBrokerClient):
             self._entered += 1
             first = self._entered == 1
         if first:
+            self.first_sent.set()
             self.first_waited = self.second_delivered.wait(10)
             return super().report_step(worker_id, report, claim_next=claim_next)
         answer = super().report_step(worker_id, report, claim_next=claim_next)
@@ -553,12 +555,17 @@ class _SlowReports(FakeBrokerClient):
 
 
 def test_a_slow_report_does_not_hold_up_the_others() -> None:
+    client = _SlowReports()
+
     class One(Step):
         def run_step(self, x: int) -> int:
+            # The second step ends while the first one's report is in flight.
+            # (Reports that wait together go together, in one request.)
+            if x == 2:
+                assert client.first_sent.wait(10)
             return x
 
     workflow = Workflow(outputs=[One()], workflow_id="one")
-    client = _SlowReports()
     runs = [client.start_run(workflow, {"x": x}) for x in (1, 2)]
     engine = ProcessEngine(client, [workflow], concurrency=2)
     assert engine.work() == 2
