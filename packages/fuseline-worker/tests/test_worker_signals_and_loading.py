@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -105,3 +106,52 @@ def test_the_command_validates_its_numbers(capsys: pytest.CaptureFixture[str]) -
         main(["m:w", "--concurrency", "0"])
     assert exited.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_stop_while_the_workflows_load_ends_the_worker_cleanly(tmp_path: Path) -> None:
+    """SIGTERM sent while the worker command imports the workflows: exit 0, no work taken."""
+    loading, go = tmp_path / "loading", tmp_path / "go"
+    (tmp_path / "slow_flows.py").write_text(
+        textwrap.dedent(
+            f"""
+            import pathlib, time
+            from fuseline import Step, Workflow
+
+            pathlib.Path({str(loading)!r}).touch()
+            deadline = time.monotonic() + 30
+            while not pathlib.Path({str(go)!r}).exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+            class Hello(Step):
+                def run_step(self) -> str:
+                    return "hi"
+
+            workflow = Workflow(outputs=[Hello()], workflow_id="slow")
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSELINE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *filter(None, [env.get("PYTHONPATH")])])
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        # The broker address leads nowhere: the worker must stop before using it.
+        command = [sys.executable, "-m", "fuseline.worker", "slow_flows:workflow"]
+        process = subprocess.Popen(
+            [*command, "--broker", "http://127.0.0.1:9"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        wait_until(lambda: loading.exists() or process.poll() is not None, timeout=30)
+        process.send_signal(signal.SIGTERM)
+        go.touch()
+        code = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = log_path.read_text()
+    assert code == 0, output
+    assert "asked to stop while starting up" in output
+    assert "worker starting" not in output

@@ -55,6 +55,8 @@ RUN_TIMEOUT = 60.0
 
 STOP_TIMEOUT = 30.0
 
+STARTUP_TIMEOUT = 30.0
+
 
 @dataclass
 class WorkerProcess:
@@ -83,6 +85,18 @@ class WorkerProcess:
             raise AssertionError(f"{self.name} did not exit in {timeout}s:\n{self.log()}") from None
 
     def stop(self) -> int:
+        """SIGTERM the worker and wait for its exit status.
+
+        A worker started a moment ago may still be in the interpreter's own
+        start-up, where any process dies by SIGTERM; it gets a few seconds to
+        reach the worker command first (which then stops cleanly even while
+        loading its workflows).
+        """
+        wait_until(
+            lambda: self.process.poll() is not None or "fuseline.worker" in self.log(),
+            STARTUP_TIMEOUT,
+            f"{self.name} to start",
+        )
         if self.process.poll() is None:
             self.send(signal.SIGTERM)
         return self.wait()

@@ -186,7 +186,7 @@ class ProcessEngine:
             with contextlib.ExitStack() as stack:
                 if handle_signals:
                     stack.enter_context(
-                        StopSignals(lambda now: self.stop(immediately=now), self._describe_held)
+                        StopSignals(lambda now: self.stop(immediately=now), self.describe_held)
                     )
                 return self._run_session(serving)
         finally:
@@ -366,7 +366,8 @@ class ProcessEngine:
             if session.held.abandon(held, reason):
                 log.warning("%s: abandoned, %s", held.label, reason)
 
-    def _describe_held(self) -> str:
+    def describe_held(self) -> str:
+        """What a graceful stop will wait for, in a few words (for log lines)."""
         session = self._session
         count = 0 if session is None else len(session.held.live())
         return f"finishing {count} held step(s) within {self.grace_period:g}s"

@@ -19,6 +19,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +40,7 @@ from fuseline.errors import (
 )
 from fuseline.worker._engine import ProcessEngine
 from fuseline.worker._loading import load_workflows
-from fuseline.worker._signals import ImmediateStop
+from fuseline.worker._signals import ImmediateStop, StopSignals
 
 __all__ = ["DEFAULT_BROKER_URL", "add_arguments", "main", "register", "run"]
 
@@ -121,9 +122,53 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+class _PendingStop:
+    """Where the command's stop signals go: the engine, once there is one.
+
+    The command handles SIGTERM and SIGINT from its first moment, so that a
+    stop asked for while the workflows load ends the process cleanly instead
+    of killing it by the signal.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engine: ProcessEngine | None = None
+        self.requested = False
+
+    def attach(self, engine: ProcessEngine) -> None:
+        """Send stops to ``engine`` from now on, one asked for already too."""
+        with self._lock:
+            self._engine = engine
+            requested = self.requested
+        if requested:
+            engine.stop()
+
+    def __call__(self, immediately: bool) -> None:
+        with self._lock:
+            engine = self._engine
+            self.requested = True
+        if engine is not None:
+            engine.stop(immediately=immediately)
+
+    def describe(self) -> str:
+        with self._lock:
+            engine = self._engine
+        return "still starting" if engine is None else engine.describe_held()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a worker as ``args`` describe and return the exit status."""
     _configure_logging(args.log_level)
+    pending = _PendingStop()
+    try:
+        with StopSignals(pending, pending.describe):
+            return _run(args, pending)
+    except ImmediateStop as stop:
+        log.warning("stopped at once; steps still held will be handed out again")
+        return 128 + stop.signum
+
+
+def _run(args: argparse.Namespace, pending: _PendingStop) -> int:
     url = args.broker or os.environ.get(URL_VARIABLE) or DEFAULT_BROKER_URL
     token = args.token or os.environ.get(TOKEN_VARIABLE) or None
     try:
@@ -143,6 +188,10 @@ def run(args: argparse.Namespace) -> int:
             poll_wait=args.poll_wait,
             grace_period=args.grace_period,
         )
+        pending.attach(engine)
+        if pending.requested:
+            log.info("asked to stop while starting up; stopping before taking any work")
+            return OK
         log.info(
             "worker starting: broker %s, concurrency %d, %s",
             url,
@@ -153,10 +202,7 @@ def run(args: argparse.Namespace) -> int:
             if args.once:
                 engine.work()
             else:
-                engine.serve()
-        except ImmediateStop as stop:
-            log.warning("stopped at once; steps still held will be handed out again")
-            return 128 + stop.signum
+                engine.serve(handle_signals=False)  # this command handles them
         except (AuthenticationError, PermissionDeniedError) as exc:
             log.error(
                 "the broker at %s rejected the worker's token (%s). Pass a worker token with "
@@ -169,8 +215,8 @@ def run(args: argparse.Namespace) -> int:
         except FuselineError as exc:
             log.error("the worker cannot run: %s: %s", type(exc).__name__, exc)
             return OTHER_ERROR
-    log.info("worker stopped")
-    return OK
+        log.info("worker stopped")
+        return OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
