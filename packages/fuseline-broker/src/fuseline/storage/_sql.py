@@ -9,7 +9,7 @@ one set of statements serve both databases.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -179,6 +179,11 @@ _RUN_COLUMNS = (
     "run_id, workflow_id, version, inputs, status, created_at, finished_at, cancel_requested, "
     "result, finished_steps, idempotency_key, request_hash, seq"
 )
+
+
+def _marks(values: Sized) -> str:
+    """One parameter marker per value, for an ``IN (...)`` list."""
+    return ", ".join("?" * len(values))
 
 
 def _step(row: Sequence[Any]) -> StoredStep:
@@ -379,50 +384,41 @@ class SqlTransaction(StorageTransaction):
         ).fetchone()
         return None if row is None else _run(row)
 
+    def _select_runs(self, where: str, params: Sequence[Any], lock: bool) -> list[StoredRun]:
+        """Runs matching ``where``; locked until commit when ``lock``.
+
+        When the clock was not read yet, the server's clock comes back in the
+        same round trip: most transactions that read a run need it next.
+        """
+        suffix = self._dialect.lock if lock else ""
+        clock = self._now is None and self._dialect.clock is not None
+        extra = ", extract(epoch FROM clock_timestamp())::float8" if clock else ""
+        rows = self._execute(
+            f"SELECT {_RUN_COLUMNS}{extra} FROM fuseline_runs WHERE {where}{suffix}", params
+        ).fetchall()
+        if clock and rows:
+            self._now = float(rows[0][-1])
+            return [_run(row[:-1]) for row in rows]
+        return [_run(row) for row in rows]
+
     def get_run(self, run_id: str, *, lock: bool = False) -> StoredRun | None:
         """The run, locked until commit when ``lock``."""
-        suffix = self._dialect.lock if lock else ""
-        if self._now is None and self._dialect.clock is not None:
-            # Read the server's clock in the same round trip; most transactions
-            # that read a run need it next.
-            row = self._execute(
-                f"SELECT {_RUN_COLUMNS}, extract(epoch FROM clock_timestamp())::float8 "
-                f"FROM fuseline_runs WHERE run_id = ?{suffix}",
-                (run_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            self._now = float(row[-1])
-            return _run(row[:-1])
-        row = self._execute(
-            f"SELECT {_RUN_COLUMNS} FROM fuseline_runs WHERE run_id = ?{suffix}", (run_id,)
-        ).fetchone()
-        return None if row is None else _run(row)
+        found = self._select_runs("run_id = ?", (run_id,), lock)
+        return found[0] if found else None
 
     def runs_by_id(self, run_ids: Sequence[str], *, lock: bool = False) -> dict[str, StoredRun]:
         """The runs that exist among ``run_ids``, in one statement (locked in id order)."""
         if not run_ids:
             return {}
-        marks = ", ".join("?" * len(run_ids))
-        suffix = self._dialect.lock if lock else ""
-        clock = self._now is None and self._dialect.clock is not None
-        extra = ", extract(epoch FROM clock_timestamp())::float8" if clock else ""
-        rows = self._execute(
-            f"SELECT {_RUN_COLUMNS}{extra} FROM fuseline_runs WHERE run_id IN ({marks}) "
-            f"ORDER BY run_id{suffix}",
-            tuple(run_ids),
-        ).fetchall()
-        if clock and rows:
-            self._now = float(rows[0][-1])
-            return {row[0]: _run(row[:-1]) for row in rows}
-        return {row[0]: _run(row) for row in rows}
+        where = f"run_id IN ({_marks(run_ids)}) ORDER BY run_id"
+        return {run.run_id: run for run in self._select_runs(where, tuple(run_ids), lock)}
 
     def steps_of_runs(self, run_ids: Sequence[str]) -> dict[str, list[StoredStep]]:
         """Every step row of each of the runs, in one statement."""
         found: dict[str, list[StoredStep]] = {run_id: [] for run_id in run_ids}
         if not run_ids:
             return found
-        marks = ", ".join("?" * len(run_ids))
+        marks = _marks(run_ids)
         rows = self._execute(
             f"SELECT {_STEP_COLUMNS} FROM fuseline_steps WHERE run_id IN ({marks})",
             tuple(run_ids),
@@ -435,7 +431,7 @@ class SqlTransaction(StorageTransaction):
         """Mark the PENDING ones of the runs RUNNING, in one statement."""
         if not run_ids:
             return
-        marks = ", ".join("?" * len(run_ids))
+        marks = _marks(run_ids)
         self._execute(
             "UPDATE fuseline_runs SET status = 'RUNNING' "
             f"WHERE run_id IN ({marks}) AND status = 'PENDING'",
@@ -609,7 +605,7 @@ class SqlTransaction(StorageTransaction):
         """Which of the runs have a cancellation request."""
         if not run_ids:
             return set()
-        marks = ", ".join("?" * len(run_ids))
+        marks = _marks(run_ids)
         rows = self._execute(
             f"SELECT run_id FROM fuseline_runs WHERE cancel_requested = 1 AND run_id IN ({marks})",
             tuple(run_ids),
@@ -638,7 +634,7 @@ class SqlTransaction(StorageTransaction):
         """Results of the named steps that SUCCEEDED."""
         if not step_names:
             return {}
-        marks = ", ".join("?" * len(step_names))
+        marks = _marks(step_names)
         rows = self._execute(
             "SELECT step_name, result FROM fuseline_steps WHERE run_id = ? "
             f"AND status = 'SUCCEEDED' AND step_name IN ({marks})",
@@ -658,8 +654,7 @@ class SqlTransaction(StorageTransaction):
         names = sorted({name for _, name in pairs})
         rows = self._execute(
             "SELECT run_id, step_name, result FROM fuseline_steps WHERE status = 'SUCCEEDED' "
-            f"AND run_id IN ({', '.join('?' * len(run_ids))}) "
-            f"AND step_name IN ({', '.join('?' * len(names))})",
+            f"AND run_id IN ({_marks(run_ids)}) AND step_name IN ({_marks(names)})",
             (*run_ids, *names),
         ).fetchall()
         found: dict[str, dict[str, Any]] = {}

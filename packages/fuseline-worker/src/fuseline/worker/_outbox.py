@@ -177,14 +177,15 @@ class Outbox:
     def _without_abandoned(
         self, batch: list[tuple[HeldStep, StepReport]]
     ) -> list[tuple[HeldStep, StepReport]]:
-        kept = []
-        for held, report in batch:
-            if held.abandoned is not None:
-                log.info("%s: not reporting it, %s", held.label, held.abandoned)
-                self._held.release(held)
-            else:
-                kept.append((held, report))
-        return kept
+        return [(held, report) for held, report in batch if not self._dropped(held)]
+
+    def _dropped(self, held: HeldStep) -> bool:
+        """Whether ``held`` was abandoned; its slot is then given back unreported."""
+        if held.abandoned is None:
+            return False
+        log.info("%s: not reporting it, %s", held.label, held.abandoned)
+        self._held.release(held)
+        return True
 
     def _settle_batch(
         self, batch: list[tuple[HeldStep, StepReport]], reply: ReportBatchReply
@@ -225,9 +226,7 @@ class Outbox:
         backoff = Backoff(initial=0.2, maximum=self._max_backoff)
         attempt = 0
         while True:
-            if held.abandoned is not None:
-                log.info("%s: not reporting it, %s", held.label, held.abandoned)
-                self._held.release(held)
+            if self._dropped(held):
                 return
             claim_next = self._may_claim()
             try:
