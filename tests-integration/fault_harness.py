@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -48,7 +47,7 @@ from http_server_support import (  # noqa: E402
     start_server,
     wait_until,
 )
-from postgres_support import _server_programs  # noqa: E402
+from postgres_support import _server_programs, cluster_folder  # noqa: E402
 from worker_processes import Cluster, WorkerProcess, open_cluster, start_worker  # noqa: E402
 
 from fuseline import RunDetails, Status, Workflow  # noqa: E402
@@ -312,8 +311,7 @@ class PrivatePostgres:
             pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
         self.initdb, self.pg_ctl = programs
         self.prefix: list[str] = []
-        # Not under pytest's tmp_path: the postgres user must be able to reach it.
-        folder = self.folder = Path(tempfile.mkdtemp(prefix="fuseline-fault-pg-"))
+        owner = None
         if os.geteuid() == 0:
             import pwd
 
@@ -321,8 +319,9 @@ class PrivatePostgres:
                 owner = pwd.getpwnam("postgres")
             except KeyError:
                 pytest.skip("running as root and there is no postgres user to run a cluster")
-            os.chown(folder, owner.pw_uid, owner.pw_gid)
             self.prefix = ["runuser", "-u", "postgres", "--"]
+        # Not under pytest's tmp_path: the postgres user must be able to reach it.
+        folder = self.folder = cluster_folder("fuseline-fault-pg-", owner)
         self.data = folder / "data"
         self.log = folder / "postgres.log"
         self.port = free_port()

@@ -43,6 +43,20 @@ def _server_programs() -> tuple[str, str] | None:
     return (initdb, pg_ctl) if initdb and pg_ctl else None
 
 
+def cluster_folder(prefix: str, owner: pwd.struct_passwd | None) -> Path:
+    """A new folder for a private cluster, owned by ``owner`` when given.
+
+    When the server runs as another user (``owner``), the folder goes under
+    the system's /tmp rather than ``$TMPDIR``: nox points that into the
+    checkout, whose parents that user may not be allowed to enter.
+    """
+    base = "/tmp" if owner is not None and os.path.isdir("/tmp") else None
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    if owner is not None:
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+    return folder
+
+
 @contextlib.contextmanager
 def _private_cluster(programs: tuple[str, str]) -> Iterator[str]:
     """Start a cluster in a temporary directory; yield its admin URL."""
@@ -56,10 +70,8 @@ def _private_cluster(programs: tuple[str, str]) -> Iterator[str]:
         except KeyError:
             pytest.skip("running as root and there is no postgres user to run a private cluster")
         prefix = ["runuser", "-u", "postgres", "--"]
-    folder = Path(tempfile.mkdtemp(prefix="fuseline-pg-"))
+    folder = cluster_folder("fuseline-pg-", owner)
     data = folder / "data"
-    if owner is not None:
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
     port = _free_port()
     log = folder / "server.log"
     try:
