@@ -35,6 +35,9 @@ _WHAT_ROLE_DOES = {
 }
 
 
+_MAX_REMEMBERED = 256
+
+
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -52,6 +55,10 @@ class TokenCheck:
         self._tokens: list[tuple[bytes, Role]] = [
             (_digest(t), Role.WORKER) for t in worker_tokens
         ] + [(_digest(t), Role.CLIENT) for t in client_tokens]
+        # Header values already found valid, so that a worker's thousandth
+        # request costs a dictionary lookup. Only valid values go in, and
+        # there are at most a few per token (spelling of "Bearer", spaces).
+        self._granted: dict[str, frozenset[Role]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -67,6 +74,10 @@ class TokenCheck:
         """
         if not self._tokens:
             return ANY_ROLE
+        if authorization is not None:
+            known = self._granted.get(authorization)
+            if known is not None:
+                return known
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -77,7 +88,10 @@ class TokenCheck:
         granted = {role for digest, role in self._tokens if hmac.compare_digest(digest, presented)}
         if not granted:
             raise AuthenticationError("The bearer token is not valid for this broker.")
-        return frozenset(granted)
+        roles = frozenset(granted)
+        if authorization is not None and len(self._granted) < _MAX_REMEMBERED:
+            self._granted[authorization] = roles
+        return roles
 
     def require(self, authorization: str | None, allowed: frozenset[Role]) -> None:
         """Check that the header grants one of the ``allowed`` roles.

@@ -8,17 +8,16 @@ reports of threads.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import pydantic
 
 from fuseline.broker.http._config import ServerConfig
+from fuseline.broker.http._threads import ThreadLane
 from fuseline.messages import (
     KeepAliveReply,
     ReportBatchReply,
@@ -148,13 +147,13 @@ class Pools:
     """The two thread pools of one server process."""
 
     def __init__(self, config: ServerConfig) -> None:
-        self.quick = ThreadPoolExecutor(config.threads, thread_name_prefix="fuseline-db")
-        self.waiting = ThreadPoolExecutor(config.max_waiters, thread_name_prefix="fuseline-wait")
+        self.quick = ThreadLane(config.threads, "fuseline-db")
+        self.waiting = ThreadLane(config.max_waiters, "fuseline-wait")
 
     def shutdown(self) -> None:
         """Stop taking work; running calls finish in the background."""
-        self.quick.shutdown(wait=False, cancel_futures=True)
-        self.waiting.shutdown(wait=False, cancel_futures=True)
+        self.quick.close()
+        self.waiting.close()
 
 
 @dataclass(frozen=True)
@@ -192,14 +191,8 @@ class CallContext:
 
     async def run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a short blocking call in the database thread pool."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.pools.quick, functools.partial(func, *args, **kwargs)
-        )
+        return await self.pools.quick.call(functools.partial(func, *args, **kwargs))
 
     async def run_waiting(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a call that may block for a while (a long poll) in the waiting pool."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.pools.waiting, functools.partial(func, *args, **kwargs)
-        )
+        return await self.pools.waiting.call(functools.partial(func, *args, **kwargs))

@@ -86,6 +86,16 @@ def check_size(raw: str | bytes, max_bytes: int) -> None:
         )
 
 
+def _check_nul(text: str) -> None:
+    try:
+        check_json_text(text, "request body")
+    except ResultNotSerializableError:
+        raise _bad_request(
+            "The request body contains a NUL character (\\u0000), which cannot be stored; "
+            "remove it."
+        ) from None
+
+
 def parse_body(raw: str | bytes, model: type[M], max_bytes: int, *, empty_ok: bool) -> M:
     """Validate a JSON request body against ``model``.
 
@@ -112,6 +122,17 @@ def parse_body(raw: str | bytes, model: type[M], max_bytes: int, *, empty_ok: bo
         if not empty_ok:
             raise _bad_request("The request needs a JSON object body.")
         text = "{}"
+    if "NaN" not in text and "Infinity" not in text:
+        # The common case, in one pass: pydantic parses and validates at
+        # once. It would accept NaN and Infinity, hence the test above; and
+        # when it refuses the body, the full path below says exactly why.
+        try:
+            parsed = model.model_validate_json(text, strict=True)
+        except pydantic.ValidationError:
+            pass
+        else:
+            _check_nul(text)
+            return parsed
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
@@ -120,13 +141,7 @@ def parse_body(raw: str | bytes, model: type[M], max_bytes: int, *, empty_ok: bo
         raise _bad_request(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise _bad_request(f"The request body must be a JSON object, not {type(value).__name__}.")
-    try:
-        check_json_text(text, "request body")
-    except ResultNotSerializableError:
-        raise _bad_request(
-            "The request body contains a NUL character (\\u0000), which cannot be stored; "
-            "remove it."
-        ) from None
+    _check_nul(text)
     try:
         return model.model_validate_json(text, strict=True)
     except pydantic.ValidationError as exc:

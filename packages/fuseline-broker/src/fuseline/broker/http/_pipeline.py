@@ -7,7 +7,7 @@ logged with its traceback while the client gets no internals.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -127,9 +127,8 @@ class Service:
         try:
             if len(body) > _PARSE_IN_THREAD_BYTES:
                 # Parsing megabytes of JSON takes a while; other requests go on meanwhile.
-                loop = asyncio.get_running_loop()
-                context = await loop.run_in_executor(
-                    self.pools.quick, self._context, endpoint, headers, path_params, query, body
+                context = await self.pools.quick.call(
+                    functools.partial(self._context, endpoint, headers, path_params, query, body)
                 )
             else:
                 context = self._context(endpoint, headers, path_params, query, body)
@@ -168,7 +167,11 @@ class Service:
         elif body:
             # Bodies are ignored on routes without one, but never unbounded.
             check_size(body, limits.max_body_bytes)
-        parsed_query = parse_query(query, endpoint.query or _NoQuery)
+        parsed_query: BaseModel | None = None
+        if endpoint.query is not None:
+            parsed_query = parse_query(query, endpoint.query)
+        elif query:
+            parse_query(query, _NoQuery)
         path = {
             name: parse_path_param(
                 path_params.get(name, ""),
@@ -186,7 +189,7 @@ class Service:
             path=path,
             headers=headers,
             body=parsed_body,
-            query=parsed_query if endpoint.query is not None else None,
+            query=parsed_query,
         )
 
     def fallback(self, method: str, path: str) -> Answer:

@@ -8,11 +8,21 @@ created, with ``sys.argv`` reduced to the program name.
 Robyn also offers a multi-process mode, but its processes do not stop on
 SIGTERM in every mode; ``_serve`` runs the processes itself and only asks
 Robyn to serve one process on an already bound socket.
+
+Robyn wraps every handler in a function that works out, per request, which
+of the request's parts the handler's signature asks for; it reads every
+part to do so, form data and uploaded files included. Our handlers take the
+request object and nothing else, so ``build_app`` registers each route and
+then points it straight at the handler, leaving the wrapper out. Handlers
+stay ``async``: Robyn calls a plain function on the web server's own thread,
+and one that lets go of the GIL there (as every database call does) stalls
+the server in Robyn 0.88.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,6 +32,7 @@ from fuseline.broker.http._config import ServerConfig
 from fuseline.broker.http._openapi import DOCS_PAGE, openapi_json
 from fuseline.broker.http._pipeline import Answer, Service
 from fuseline.broker.http._routes import ROUTES, Endpoint
+from fuseline.clients.wire import IDEMPOTENCY_HEADER
 
 __all__ = ["bind", "build_app", "serve_on", "silence_robyn"]
 
@@ -38,6 +49,7 @@ def _plain_argv() -> Iterator[None]:
         sys.argv = saved
 
 
+@functools.cache
 def _robyn() -> Any:
     with _plain_argv():
         import robyn
@@ -58,11 +70,19 @@ def _response(answer: Answer, content_type: str = "application/json") -> Any:
     return robyn.Response(status_code=answer.status, headers=headers, description=answer.body)
 
 
+# The only request headers any route reads.
+_READ_HEADERS = ("authorization", IDEMPOTENCY_HEADER.lower())
+
+
 def _headers(request: Any) -> dict[str, str]:
-    return {str(name).lower(): str(value) for name, value in request.headers.items()}
+    found = request.headers
+    return {name: str(value) for name in _READ_HEADERS if (value := found.get(name)) is not None}
 
 
-def _route_handler(service: Service, endpoint: Endpoint) -> Callable[[Any], Awaitable[Any]]:
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+def _route_handler(service: Service, endpoint: Endpoint) -> Handler:
     async def handle(request: Any) -> Any:
         answer = await service.handle(
             endpoint,
@@ -77,7 +97,7 @@ def _route_handler(service: Service, endpoint: Endpoint) -> Callable[[Any], Awai
     return handle
 
 
-def _fallback_handler(service: Service, method: str) -> Callable[[Any], Awaitable[Any]]:
+def _fallback_handler(service: Service, method: str) -> Handler:
     async def fallback(request: Any) -> Any:
         return _response(service.fallback(method, str(request.url.path)))
 
@@ -85,11 +105,23 @@ def _fallback_handler(service: Service, method: str) -> Callable[[Any], Awaitabl
     return fallback
 
 
-def _static_handler(body: bytes, content_type: str) -> Callable[[Any], Awaitable[Any]]:
+def _static_handler(body: bytes, content_type: str) -> Handler:
     async def static(request: Any) -> Any:
         return _response(Answer(200, body, {}), content_type)
 
     return static
+
+
+def _add_route(app: Any, method: Any, path: str, handler: Handler) -> None:
+    """Register ``handler`` for ``method`` and ``path``, called without Robyn's wrapper."""
+    with _plain_argv():
+        from robyn.robyn import FunctionInfo
+
+    app.add_route(method, path, handler)
+    routes = app.router.routes
+    # Robyn appends exactly one route per call; swap in the bare handler,
+    # called with the request as its only argument.
+    routes[-1] = routes[-1]._replace(function=FunctionInfo(handler, True, 1, {"request": None}, {}))
 
 
 def build_app(config: ServerConfig, service: Service) -> Any:
@@ -98,13 +130,13 @@ def build_app(config: ServerConfig, service: Service) -> Any:
     with _plain_argv():
         app = robyn.Robyn(__file__)
     for endpoint in ROUTES:
-        app.add_route(endpoint.method, endpoint.robyn_path, _route_handler(service, endpoint))
+        _add_route(app, endpoint.method, endpoint.robyn_path, _route_handler(service, endpoint))
     if config.docs:
-        app.add_route(
-            "GET", "/openapi.json", _static_handler(openapi_json(config), "application/json")
+        _add_route(
+            app, "GET", "/openapi.json", _static_handler(openapi_json(config), "application/json")
         )
-        app.add_route(
-            "GET", "/docs", _static_handler(DOCS_PAGE.encode(), "text/html; charset=utf-8")
+        _add_route(
+            app, "GET", "/docs", _static_handler(DOCS_PAGE.encode(), "text/html; charset=utf-8")
         )
     # Anything no route serves still gets a JSON error: 405 when the path
     # exists with another method, 404 otherwise.
@@ -112,7 +144,7 @@ def build_app(config: ServerConfig, service: Service) -> Any:
         from robyn.robyn import HttpMethod
     for method in _FALLBACK_METHODS:
         for path in ("/", "/*rest"):
-            app.add_route(getattr(HttpMethod, method), path, _fallback_handler(service, method))
+            _add_route(app, getattr(HttpMethod, method), path, _fallback_handler(service, method))
     return app
 
 
