@@ -187,6 +187,17 @@ CASES: list[tuple[str, Any, int, str]] = [
         "payload_too_large",
     ),
     (
+        # 601 characters of numbers that are 2,281 bytes of JSON once parsed.
+        "result whose numbers grow over the limit",
+        lambda w: (
+            "POST",
+            f"/v1/workers/{w.worker_id}/reports",
+            raw_report(w, "[" + ",".join(["1e15"] * 120) + "]"),
+        ),
+        413,
+        "payload_too_large",
+    ),
+    (
         "schema with too many steps",
         lambda w: (
             "POST",

@@ -178,6 +178,7 @@ class CallContext:
     headers: Mapping[str, str]
     body: pydantic.BaseModel | None = None
     query: pydantic.BaseModel | None = None
+    body_size: int = 0
 
     def body_as(self, model: type[M]) -> M:
         """The validated body, typed."""

@@ -93,8 +93,20 @@ def _check_report(ctx: CallContext, report: StepReport) -> None:
     _check_value(ctx, report.result, f"result of step {report.step_name!r}")
 
 
+# Bytes of compact JSON that one character of the request body can become in
+# any value parsed from it (the body's length counts characters or bytes).
+# Structure and literals never grow, whitespace goes, a character of a string
+# stays itself (at most 4 bytes of UTF-8) or an escape no longer than it was.
+# Only numbers grow: 1e15 (4 characters) becomes 1000000000000000.0 (18), and
+# none grows more than five times; eight leaves room to spare.
+_MOST_GROWTH = 8
+
+
 def _check_value(ctx: CallContext, value: object, what: str) -> None:
     limit = ctx.config.limits.max_result_bytes
+    if ctx.body_size * _MOST_GROWTH <= limit:
+        # Nothing in so small a body can be over the limit: skip serializing.
+        return
     size = json_size(value)
     if size > limit:
         raise _too_large(

@@ -190,6 +190,7 @@ class Service:
             headers=headers,
             body=parsed_body,
             query=parsed_query,
+            body_size=len(body),
         )
 
     def fallback(self, method: str, path: str) -> Answer:
