@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import logging
-import secrets
 import threading
 import time
 import uuid
@@ -24,9 +23,10 @@ import weakref
 from typing import Any
 
 from fuseline.broker._base import Broker
+from fuseline.broker._catalog import Catalog, claim_steps
 from fuseline.broker._finished import FinishedRuns
 from fuseline.broker._leases import extend_leases
-from fuseline.broker._records import assignment, run_details, run_summary, worker_info
+from fuseline.broker._records import run_details, run_summary, worker_info
 from fuseline.broker._reports import CheckedReport, Known, apply_report, check_report
 from fuseline.broker._transitions import RunTransitions
 from fuseline.broker._validation import as_schema, json_payload
@@ -38,8 +38,6 @@ from fuseline.errors import (
     RunFinishedError,
     RunNotFoundError,
     WaitTimeoutError,
-    WorkerNotFoundError,
-    WorkflowNotFoundError,
 )
 from fuseline.messages import (
     KeepAliveReply,
@@ -56,10 +54,8 @@ from fuseline.storage import (
     RuntimeStorage,
     StorageTransaction,
     StoredRun,
-    WorkflowKey,
 )
 from fuseline.workflow import WorkflowSchema, rules
-from fuseline.workflow.rules import RunGraph
 
 __all__ = ["StorageBroker"]
 
@@ -69,12 +65,6 @@ _MAX_PAGE = 1000
 _REAP_BATCH = 100
 # Claims look for expired leases at most this often (per broker object).
 _REAP_EVERY = 0.2
-# A worker's last_seen_at is written at most this often by claims.
-_TOUCH_EVERY = 2.0
-
-
-def _lease_token() -> str:
-    return secrets.token_urlsafe(24)
 
 
 class StorageBroker(Broker):
@@ -116,9 +106,7 @@ class StorageBroker(Broker):
         self.retention = retention
         self._finished = FinishedRuns()
         self._runs = RunTransitions(default_lease, default_max_attempts, self._finished.add)
-        self._graphs: dict[WorkflowKey, RunGraph] = {}
-        self._worker_workflows: dict[str, list[WorkflowKey]] = {}
-        self._touched: dict[str, float] = {}
+        self._catalog = Catalog()
         self._last_reap = 0.0
         # After an outage of the storage, leases that ran out while it was
         # away get one more lease before they count as lost (see expire_leases).
@@ -139,76 +127,6 @@ class StorageBroker(Broker):
         return f"{type(self).__name__}({self.storage.description})"
 
     # -- schemas ------------------------------------------------------------------
-    def _store_schema(self, t: StorageTransaction, schema: WorkflowSchema) -> RunGraph:
-        known = self._graphs.get(schema.key)
-        if known is not None and known.schema == schema:
-            return known  # stored schemas never change, so equal means stored
-        stored = t.get_schema(schema.key)
-        if stored is None:
-            t.add_schema(schema)
-            # Another process may have stored the same key a moment ago.
-            stored = t.get_schema(schema.key) or schema
-            stored.ensure_compatible_with(schema)
-            # Not cached yet: this transaction may still roll back, and a
-            # cached schema is taken as stored.
-            return RunGraph(stored)
-        stored.ensure_compatible_with(schema)
-        return self._graphs.setdefault(schema.key, RunGraph(stored))
-
-    def _graph(self, t: StorageTransaction, key: WorkflowKey) -> RunGraph:
-        graph = self._graphs.get(key)
-        if graph is None:
-            schema = t.get_schema(key)
-            if schema is None:
-                raise WorkflowNotFoundError(
-                    f"No workflow {key[0]!r} version {key[1]!r} is registered.",
-                    details={"workflow_id": key[0], "version": key[1]},
-                )
-            graph = self._graphs.setdefault(key, RunGraph(schema))
-        return graph
-
-    def _workflows_of(self, t: StorageTransaction, worker_id: str) -> list[WorkflowKey]:
-        workflows = self._worker_workflows.get(worker_id)
-        if workflows is None:
-            worker = t.get_worker(worker_id)
-            if worker is None:
-                raise WorkerNotFoundError(
-                    f"No worker {worker_id!r} is registered; register the worker again.",
-                    details={"worker_id": worker_id},
-                )
-            workflows = self._worker_workflows.setdefault(worker_id, worker.workflows)
-        return workflows
-
-    def _touch(self, t: StorageTransaction, worker_id: str, *, always: bool = False) -> None:
-        now = time.monotonic()
-        if always or now - self._touched.get(worker_id, 0.0) >= _TOUCH_EVERY:
-            t.touch_worker(worker_id, t.now())
-            self._touched[worker_id] = now
-
-    def _claim(self, t: StorageTransaction, worker_id: str, limit: int) -> list[StepAssignment]:
-        workflows = self._workflows_of(t, worker_id)
-        self._touch(t, worker_id)
-        rows = t.claim_steps(worker_id, workflows, limit, _lease_token)
-        if not rows:
-            return []
-        # Sorted: claims that start the same runs lock them in the same order.
-        run_ids = sorted({row.run_id for row in rows})
-        runs = t.runs_by_id(run_ids)
-        if len(runs) != len(run_ids):  # pragma: no cover - a step row never outlives its run
-            raise RunNotFoundError(f"Runs {sorted(set(run_ids) - set(runs))!r} vanished.")
-        # The first hand-out starts a run. A conditional update, so a cancel
-        # committed meanwhile is never overwritten.
-        t.start_runs([run_id for run_id in run_ids if runs[run_id].status is Status.PENDING])
-        wanted = []
-        for row in rows:
-            graph = self._graph(t, (row.workflow_id, row.version))
-            wanted.append((row.run_id, graph.result_sources(row.step_name, row.or_winners)))
-        results = t.results_for(wanted)
-        return [
-            assignment(row, runs[row.run_id], found)
-            for row, found in zip(rows, results, strict=True)
-        ]
-
     # -- worker-facing --------------------------------------------------------------
     def register_worker(self, workflows: list[WorkflowSchema], *, name: str | None = None) -> str:
         """Store the schemas the worker runs and return its new, never reused id.
@@ -226,7 +144,7 @@ class StorageBroker(Broker):
             from fuseline.storage import StoredWorker
 
             for schema in schemas:
-                self._store_schema(t, schema)
+                self._catalog.store(t, schema)
             now = t.now()
             keys = list(dict.fromkeys(schema.key for schema in schemas))
             t.add_worker(StoredWorker(worker_id, name, keys, now, now))
@@ -271,7 +189,7 @@ class StorageBroker(Broker):
             return existing.run_id
 
         def body(t: StorageTransaction) -> str:
-            graph = self._store_schema(t, schema)
+            graph = self._catalog.store(t, schema)
             now = t.now()
             run = StoredRun(
                 run_id=run_id,
@@ -314,7 +232,9 @@ class StorageBroker(Broker):
         while True:
             since = self.storage.work.generation
             self._reap_if_due()
-            found = self.storage.atomic(lambda t: self._claim(t, worker_id, max_steps))
+            found = self.storage.atomic(
+                lambda t: claim_steps(t, self._catalog, worker_id, max_steps)
+            )
             remaining = deadline - time.monotonic()
             if found or remaining <= 0:
                 return found
@@ -347,14 +267,14 @@ class StorageBroker(Broker):
         checked = check_report(report, self.max_result_bytes)
 
         def body(t: StorageTransaction) -> StepAssignment | None:
-            self._workflows_of(t, worker_id)
+            self._catalog.workflows_of(t, worker_id)
             if not self._apply_report(t, worker_id, checked):
                 # A repeat of the accepted report (a retry after a lost answer):
                 # answer it, and change nothing, not even by claiming a step.
                 return None
             if not claim_next:
                 return None
-            found = self._claim(t, worker_id, 1)
+            found = claim_steps(t, self._catalog, worker_id, 1)
             return found[0] if found else None
 
         return self.storage.atomic(body)
@@ -388,7 +308,7 @@ class StorageBroker(Broker):
         checked.sort(key=lambda item: item[1].report.instance_id)
 
         def body(t: StorageTransaction) -> ReportBatchReply:
-            self._workflows_of(t, worker_id)
+            self._catalog.workflows_of(t, worker_id)
             done = list(outcomes)
             recorded = False
             known = self._read_ahead(t, sorted({one.report.instance_id for _, one in checked}))
@@ -403,7 +323,7 @@ class StorageBroker(Broker):
                     done[index] = ReportOutcome.accepted_for(one.report)
             # As with one report: a batch that only repeats accepted reports
             # changes nothing, not even by claiming.
-            found = self._claim(t, worker_id, claim) if claim and recorded else []
+            found = claim_steps(t, self._catalog, worker_id, claim) if claim and recorded else []
             return ReportBatchReply(
                 outcomes=[outcome for outcome in done if outcome is not None], assignments=found
             )
@@ -433,7 +353,7 @@ class StorageBroker(Broker):
             t,
             worker_id,
             checked,
-            graph_of=self._graph,
+            graph_of=self._catalog.graph,
             runs=self._runs,
             reachable_for=self._reachable_for(),
             known=known,
@@ -451,8 +371,8 @@ class StorageBroker(Broker):
         """
 
         def body(t: StorageTransaction) -> KeepAliveReply:
-            self._workflows_of(t, worker_id)
-            self._touch(t, worker_id, always=True)
+            self._catalog.workflows_of(t, worker_id)
+            self._catalog.touch(t, worker_id, always=True)
             return extend_leases(t, worker_id, lease_tokens, self._reachable_for())
 
         return self.storage.atomic(body)
@@ -469,7 +389,7 @@ class StorageBroker(Broker):
 
         def body(t: StorageTransaction) -> RunDetails:
             run = self._read_run(t, run_id)
-            graph = self._graph(t, (run.workflow_id, run.version))
+            graph = self._catalog.graph(t, (run.workflow_id, run.version))
             return run_details(graph, run, t.steps_of(run_id))
 
         return self.storage.atomic(body, write=False)
@@ -544,7 +464,7 @@ class StorageBroker(Broker):
                     f"Run {run_id!r} already finished as {run.status.value}; nothing to cancel.",
                     details={"run_id": run_id, "status": run.status.value},
                 )
-            graph = self._graph(t, (run.workflow_id, run.version))
+            graph = self._catalog.graph(t, (run.workflow_id, run.version))
             return run_details(graph, run, self._runs.cancel(t, graph, run))
 
         return self.storage.atomic(body)
@@ -611,7 +531,7 @@ class StorageBroker(Broker):
         run = t.get_run(run_id, lock=True)
         if run is None:
             return 0
-        graph = self._graph(t, (run.workflow_id, run.version))
+        graph = self._catalog.graph(t, (run.workflow_id, run.version))
         return self._runs.expire(t, graph, run, names, reachable_for)
 
     def prune_runs(self, older_than: float) -> int:
