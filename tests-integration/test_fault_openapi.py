@@ -10,61 +10,30 @@ confirms that those runs were not disturbed.
 
 from __future__ import annotations
 
-import json
-import re
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import fault_flows as flows
 import pytest
 from fault_checker import assert_sound, check, expect_fan
 from fault_harness import CLIENT_TOKEN, FaultCluster, start_server
+from schemathesis_support import ROBYN_MULTIPART_PROBE, every_request_answered, run_schemathesis
 from worker_processes import Cluster
 
 from fuseline.clients import HttpBrokerClient
 
 BOTH_ROLES = "fault-both-roles-" + "0123456789abcdef"
-EXAMPLES = 15
-# Robyn (the web server under the broker) answers a multipart Content-Type
-# without a boundary with a plain 500 before any broker code runs; see
-# docs/deployment.md, where the reverse proxy refuses such requests.
-ROBYN_MULTIPART_PROBE = "ST102"
-
-
-def fuzz(url: str, folder: Path) -> dict[str, Any]:
-    report = folder / "schemathesis.json"
-    command = [
-        sys.executable,
-        "-c",
-        "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
-        "run",
-        f"{url}/openapi.json",
-        "--header",
-        f"Authorization: Bearer {BOTH_ROLES}",
-        "--checks",
-        "not_a_server_error",
-        "--max-examples",
-        str(EXAMPLES),
-        "--seed",
-        "10",
-        # Short: the one request that can hang is the one after Robyn's
-        # multipart failure (see the broker's test_http_openapi.py).
-        "--request-timeout",
-        "3",
-        "--report",
-        "json",
-        "--report-json-path",
-        str(report),
-    ]
-    done = subprocess.run(
-        command, cwd=folder, capture_output=True, text=True, timeout=280, check=False
-    )
-    assert report.exists(), done.stdout + done.stderr
-    result: dict[str, Any] = json.loads(report.read_text())
-    result["output"] = done.stdout
-    return result
+OPTIONS = (
+    "--checks",
+    "not_a_server_error",
+    "--max-examples",
+    "15",
+    "--seed",
+    "10",
+    # Short: the one request that can hang is the one after Robyn's
+    # multipart failure (see the broker's test_http_openapi.py).
+    "--request-timeout",
+    "3",
+)
 
 
 @pytest.mark.chaos
@@ -88,7 +57,7 @@ def test_fault_10_schemathesis_finds_no_server_error(
     try:
         fc.start_workers(2, "--concurrency", "2")
         fc.dispatch(flows.fan, 30, lambda i: {"size": 2 + i % 5})
-        result = fuzz(server.url, tmp_path)
+        result = run_schemathesis(server.url, tmp_path, BOTH_ROLES, *OPTIONS, timeout=280)
         details = fc.wait_all(timeout=120)
         figures = check(
             fc,
@@ -114,7 +83,6 @@ def test_fault_10_schemathesis_finds_no_server_error(
         assert "Multipart boundary" in log
     # Network errors happen only after Robyn's multipart failure, and only if
     # every request that reached the broker still got its answer.
-    answered = log.count(" started\n") == len(re.findall(r" -> \d{3} \(", log))
-    assert answered, "a request that reached the broker got no answer"
+    assert every_request_answered(log), "a request that reached the broker got no answer"
     assert [e for e in result["errors"] if e.get("title") != "Network Error"] == []
     assert "failed unexpectedly" not in log and "Traceback" not in log

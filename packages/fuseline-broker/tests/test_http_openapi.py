@@ -27,15 +27,11 @@ aside, each for a reason that lies outside the broker's code:
 
 from __future__ import annotations
 
-import json
-import re
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from http_server_support import serving
+from schemathesis_support import ROBYN_MULTIPART_PROBE, every_request_answered, run_schemathesis
 
 pytest.importorskip("schemathesis", reason="schemathesis is not installed")
 
@@ -54,43 +50,16 @@ CONFIG = """
 [phases.coverage]
 unexpected-methods = ["get", "put", "post", "delete", "options", "patch", "trace"]
 """
-ROBYN_MULTIPART_PROBE = "ST102"
-
-
-def schemathesis_run(url: str, tmp_path: Path) -> dict[str, Any]:
-    config = tmp_path / "schemathesis.toml"
-    config.write_text(CONFIG)
-    report = tmp_path / "report.json"
-    command = [
-        sys.executable,
-        "-c",
-        "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
-        "--config-file",
-        str(config),
-        "run",
-        f"{url}/openapi.json",
-        "--header",
-        f"Authorization: Bearer {TOKEN}",
-        "--max-examples",
-        "5",
-        "--seed",
-        "20261122",
-        "--exclude-checks",
-        "positive_data_acceptance",
-        "--request-timeout",
-        "5",
-        "--report",
-        "json",
-        "--report-json-path",
-        str(report),
-    ]
-    finished = subprocess.run(
-        command, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False
-    )
-    assert report.exists(), finished.stdout + finished.stderr
-    result: dict[str, Any] = json.loads(report.read_text())
-    result["output"] = finished.stdout
-    return result
+OPTIONS = (
+    "--max-examples",
+    "5",
+    "--seed",
+    "20261122",
+    "--exclude-checks",
+    "positive_data_acceptance",
+    "--request-timeout",
+    "5",
+)
 
 
 @pytest.mark.slow
@@ -105,12 +74,11 @@ def test_generated_requests_get_documented_answers(
     with serving(
         tmp_path, *FLAGS, database_url=database_url, tokens=False, env={"FUSELINE_TOKEN": TOKEN}
     ) as server:
-        result = schemathesis_run(server.url, tmp_path)
+        result = run_schemathesis(server.url, tmp_path, TOKEN, *OPTIONS, config=CONFIG)
         log = server.log()
 
     assert result["operations"]["tested"] == result["operations"]["total"] == 14
-    answered = log.count(" started\n") == len(re.findall(r" -> \d{3} \(", log))
-    assert answered, "a request that reached the broker got no answer"
+    assert every_request_answered(log), "a request that reached the broker got no answer"
     hangs = [e for e in result["errors"] if e.get("title") != "Network Error"]
     assert hangs == [], result["output"]
     if result["errors"]:
