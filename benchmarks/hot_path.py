@@ -47,18 +47,40 @@ class _Tally:
     def __init__(self) -> None:
         self.statements: list[str] = []
         self.transactions = 0
+        self.pipelines = 0
+        self.pipelined = 0
+        self.in_pipeline = False
 
     def reset(self) -> None:
         self.statements, self.transactions = [], 0
+        self.pipelines = self.pipelined = 0
+
+    @property
+    def round_trips(self) -> int:
+        """Statements sent alone, one per pipeline of held writes, BEGIN and COMMIT."""
+        alone = len(self.statements) - self.pipelined
+        return alone + self.pipelines + 2 * self.transactions
 
 
 @contextlib.contextmanager
 def _counting(tally: _Tally) -> Iterator[None]:
     execute, transaction = psycopg.Connection.execute, psycopg.Connection.transaction
+    pipeline = psycopg.Connection.pipeline
 
     def counted_execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
         tally.statements.append(" ".join(str(query).split())[:72])
+        tally.pipelined += tally.in_pipeline
         return execute(self, query, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def counted_pipeline(self: Any) -> Iterator[Any]:
+        tally.pipelines += 1
+        tally.in_pipeline = True
+        try:
+            with pipeline(self) as held:
+                yield held
+        finally:
+            tally.in_pipeline = False
 
     def counted_transaction(self: Any, *args: Any, **kwargs: Any) -> Any:
         tally.transactions += 1
@@ -66,11 +88,13 @@ def _counting(tally: _Tally) -> Iterator[None]:
 
     psycopg.Connection.execute = counted_execute  # type: ignore[method-assign]
     psycopg.Connection.transaction = counted_transaction  # type: ignore[method-assign]
+    psycopg.Connection.pipeline = counted_pipeline  # type: ignore[assignment, method-assign]
     try:
         yield
     finally:
         psycopg.Connection.execute = execute  # type: ignore[method-assign]
         psycopg.Connection.transaction = transaction  # type: ignore[method-assign]
+        psycopg.Connection.pipeline = pipeline  # type: ignore[method-assign]
 
 
 def _outcome(a: StepAssignment, result: Any) -> StepReport:
@@ -104,6 +128,7 @@ def count_statements(url: str) -> list[dict[str, Any]]:
                 "operation": operation,
                 "transactions": tally.transactions,
                 "statements": len(tally.statements),
+                "round_trips": tally.round_trips,
                 "sql": list(tally.statements),
             }
         )
@@ -254,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         operations = count_statements(url)
     print("Broker operations (PostgresBroker, called directly):")
     for op in operations:
-        print(f"\n  {op['operation']}: {op['transactions']} tx, {op['statements']} statements")
+        print(
+            f"\n  {op['operation']}: {op['transactions']} tx, {op['statements']} statements, "
+            f"{op['round_trips']} round trips"
+        )
         for statement in op["sql"]:
             print(f"      {statement}")
     print("\nHTTP requests per step, 2 workers (concurrency 4) working off 100 queued runs:")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -58,16 +58,46 @@ def safe_url(url: str) -> str:
 
 
 class _PgTransaction(SqlTransaction):
-    """Sends NOTIFY inside the transaction; PostgreSQL delivers it on commit."""
+    """Holds writes back and sends them in one round trip; NOTIFY is delivered on commit.
+
+    A statement whose result nothing reads (an update, an insert, a NOTIFY)
+    waits until the transaction next reads or commits, and the writes held
+    by then go to the server together, in order, in pipeline mode. A report
+    writes three rows per step, so a batch of reports saves most of its
+    round trips this way.
+    """
+
+    def __init__(self, connection: psycopg.Connection[Any], clock: Callable[[], float]) -> None:
+        super().__init__(connection, POSTGRESQL, clock)
+        self._pg = connection
+        self._held: list[tuple[str, tuple[Any, ...]]] = []
+
+    def _write(self, statement: str, params: Sequence[Any] = ()) -> None:
+        self._held.append((self._dialect.sql(statement), tuple(params)))
+
+    def _execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        self.flush()
+        return super()._execute(statement, params)
+
+    def flush(self) -> None:
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        if len(held) == 1:
+            self._pg.execute(*held[0])
+            return
+        with self._pg.pipeline():
+            for statement, params in held:
+                self._pg.execute(statement, params)
 
     def notify_work(self) -> None:
         if not self.work_changed:
-            self._execute(f"NOTIFY {_WORK_CHANNEL}")
+            self._write(f"NOTIFY {_WORK_CHANNEL}")
         super().notify_work()
 
     def notify_runs(self) -> None:
         if not self.runs_changed:
-            self._execute(f"NOTIFY {_RUNS_CHANNEL}")
+            self._write(f"NOTIFY {_RUNS_CHANNEL}")
         super().notify_runs()
 
 
@@ -159,9 +189,10 @@ class PostgresStorage(RuntimeStorage):
 
     def _attempt(self, body: Callable[[StorageTransaction], T]) -> T:
         with self._pool.connection() as connection:
-            transaction = _PgTransaction(connection, POSTGRESQL, time.time)
+            transaction = _PgTransaction(connection, time.time)
             with connection.transaction():
                 result = body(transaction)
+                transaction.flush()
         self._committed(transaction)
         return result
 

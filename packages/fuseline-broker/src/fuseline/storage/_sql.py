@@ -268,6 +268,13 @@ class SqlTransaction(StorageTransaction):
     def _execute(self, statement: str, params: Sequence[Any] = ()) -> Cursor:
         return self._connection.execute(self._dialect.sql(statement), tuple(params))  # type: ignore[no-any-return]
 
+    def _write(self, statement: str, params: Sequence[Any] = ()) -> None:
+        """A statement whose result nothing reads; a backend may send it later."""
+        self._execute(statement, params)
+
+    def flush(self) -> None:
+        """Send the writes held back, if the backend holds any."""
+
     def now(self) -> float:
         """The storage clock, read once per transaction."""
         if self._now is None:
@@ -335,7 +342,7 @@ class SqlTransaction(StorageTransaction):
 
     def touch_worker(self, worker_id: str, seen_at: float) -> None:
         """Record that the worker was heard from."""
-        self._execute(
+        self._write(
             "UPDATE fuseline_workers SET last_seen_at = ? WHERE worker_id = ?",
             (seen_at, worker_id),
         )
@@ -447,7 +454,7 @@ class SqlTransaction(StorageTransaction):
 
     def update_run(self, run: StoredRun) -> None:
         """Write the run's changing fields."""
-        self._execute(
+        self._write(
             "UPDATE fuseline_runs SET status = ?, finished_at = ?, cancel_requested = ?, "
             "result = ?, finished_steps = ? WHERE run_id = ?",
             (
@@ -520,7 +527,7 @@ class SqlTransaction(StorageTransaction):
         """Create step rows; the primary key refuses a second row for a step."""
         marks = ", ".join("?" * 19)
         for step in steps:
-            self._execute(
+            self._write(
                 f"INSERT INTO fuseline_steps ({_STEP_COLUMNS}) VALUES ({marks})",
                 _step_values(step),
             )
@@ -531,7 +538,7 @@ class SqlTransaction(StorageTransaction):
         """Write every field of an existing step row."""
         values = _step_values(step)
         assignments = ", ".join(f"{c} = ?" for c in _STEP_COLUMNS.split(", ")[4:])
-        self._execute(
+        self._write(
             f"UPDATE fuseline_steps SET {assignments} WHERE run_id = ? AND step_name = ?",
             (*values[4:], step.run_id, step.step_name),
         )

@@ -1,0 +1,65 @@
+"""Writes inside one transaction: later reads see them, a failure undoes them all.
+
+PostgreSQL holds back the writes whose results nothing reads and sends them
+together just before the next read or the commit; these cases pin down that
+doing so changes nothing a caller can see, on every backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+
+import psycopg
+import pytest
+from broker_contract_support import HandWorker, schema
+
+from fuseline.broker import StorageBroker
+from fuseline.status import Status
+from fuseline.storage import StorageTransaction
+
+
+def _queued_run(broker: StorageBroker) -> str:
+    chain = schema("writes-chain", [("a", "b")])
+    HandWorker(broker, [chain])
+    return broker.dispatch_workflow(chain, {"n": 1})
+
+
+def test_a_read_after_a_write_in_the_same_transaction_sees_it(broker: StorageBroker) -> None:
+    run_id = _queued_run(broker)
+
+    def body(t: StorageTransaction) -> tuple[Status, Status, int]:
+        (row,) = t.steps_of(run_id)
+        t.update_step(dataclasses.replace(row, status=Status.SKIPPED))
+        run = t.get_run(run_id)
+        assert run is not None
+        t.update_run(dataclasses.replace(run, finished_steps=7))
+        (seen,) = t.steps_of(run_id)
+        again = t.get_run(run_id)
+        assert again is not None
+        return row.status, seen.status, again.finished_steps
+
+    before, during, finished_steps = broker.storage.atomic(body)
+    assert before is Status.PENDING
+    assert during is Status.SKIPPED
+    assert finished_steps == 7
+    (after,) = broker.storage.atomic(lambda t: t.steps_of(run_id), write=False)
+    assert after.status is Status.SKIPPED
+
+
+def test_a_write_that_fails_at_the_end_undoes_the_whole_transaction(
+    broker: StorageBroker,
+) -> None:
+    run_id = _queued_run(broker)
+
+    def body(t: StorageTransaction) -> None:
+        (row,) = t.steps_of(run_id)
+        t.update_step(dataclasses.replace(row, status=Status.SKIPPED))
+        # A second row for the same step: the last write of the transaction,
+        # and one the storage must refuse.
+        t.add_steps([row])
+
+    with pytest.raises((ValueError, sqlite3.IntegrityError, psycopg.errors.UniqueViolation)):
+        broker.storage.atomic(body)
+    (after,) = broker.storage.atomic(lambda t: t.steps_of(run_id), write=False)
+    assert after.status is Status.PENDING
