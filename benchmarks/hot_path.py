@@ -5,10 +5,10 @@
     python benchmarks/hot_path.py [--postgres-url URL]
 
 Part one calls a ``PostgresBroker`` directly, one operation at a time, and
-counts the transactions and statements each one sends (psycopg's
-``Connection.transaction`` and ``Connection.execute`` are wrapped for the
-count; every transaction also sends BEGIN and COMMIT, which are not counted
-as statements). Part two runs workers (``ProcessEngine`` threads talking
+counts the transactions, statements and round trips each one sends
+(psycopg's ``Connection.execute``, ``transaction`` and ``pipeline`` are
+wrapped for the count; BEGIN and COMMIT count as the transaction, not as
+statements; a statement sent alone is a round trip, and so is a pipeline). Part two runs workers (``ProcessEngine`` threads talking
 HTTP) against the broker server over PostgreSQL and counts the requests of
 each kind per step. Counts do not depend on the machine, unlike timings.
 """
@@ -42,24 +42,20 @@ __all__ = ["count_http_requests", "count_statements", "main"]
 
 
 class _Tally:
-    """Statements and transactions seen since the last reset."""
+    """Statements, transactions and round trips seen since the last reset.
+
+    ``BEGIN`` and ``COMMIT`` count as a transaction, not as statements. A
+    statement sent on its own is a round trip, and so is a whole pipeline.
+    """
 
     def __init__(self) -> None:
         self.statements: list[str] = []
         self.transactions = 0
-        self.pipelines = 0
-        self.pipelined = 0
+        self.round_trips = 0
         self.in_pipeline = False
 
     def reset(self) -> None:
-        self.statements, self.transactions = [], 0
-        self.pipelines = self.pipelined = 0
-
-    @property
-    def round_trips(self) -> int:
-        """Statements sent alone, one per pipeline of held writes, BEGIN and COMMIT."""
-        alone = len(self.statements) - self.pipelined
-        return alone + self.pipelines + 2 * self.transactions
+        self.statements, self.transactions, self.round_trips = [], 0, 0
 
 
 @contextlib.contextmanager
@@ -68,23 +64,28 @@ def _counting(tally: _Tally) -> Iterator[None]:
     pipeline = psycopg.Connection.pipeline
 
     def counted_execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        tally.statements.append(" ".join(str(query).split())[:72])
-        tally.pipelined += tally.in_pipeline
+        text = " ".join(str(query).split())
+        if text == "BEGIN":
+            tally.transactions += 1
+        elif text != "COMMIT":
+            tally.statements.append(text[:72])
+        tally.round_trips += not tally.in_pipeline
         return execute(self, query, *args, **kwargs)
+
+    def counted_transaction(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tally.transactions += 1
+        tally.round_trips += 2  # psycopg's own BEGIN and COMMIT
+        return transaction(self, *args, **kwargs)
 
     @contextlib.contextmanager
     def counted_pipeline(self: Any) -> Iterator[Any]:
-        tally.pipelines += 1
+        tally.round_trips += 1
         tally.in_pipeline = True
         try:
             with pipeline(self) as held:
                 yield held
         finally:
             tally.in_pipeline = False
-
-    def counted_transaction(self: Any, *args: Any, **kwargs: Any) -> Any:
-        tally.transactions += 1
-        return transaction(self, *args, **kwargs)
 
     psycopg.Connection.execute = counted_execute  # type: ignore[method-assign]
     psycopg.Connection.transaction = counted_transaction  # type: ignore[method-assign]
