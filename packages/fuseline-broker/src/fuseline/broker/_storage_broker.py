@@ -12,6 +12,7 @@ one database.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -30,6 +31,8 @@ from fuseline.broker._records import run_details, run_summary, worker_info
 from fuseline.broker._reports import CheckedReport, Known, apply_report, check_report
 from fuseline.broker._transitions import RunTransitions
 from fuseline.broker._validation import as_schema, json_payload
+from fuseline.clients._base import find_workflow
+from fuseline.clients.wire import latest_version
 from fuseline.errors import (
     BrokerUnavailableError,
     FuselineError,
@@ -38,6 +41,7 @@ from fuseline.errors import (
     RunFinishedError,
     RunNotFoundError,
     WaitTimeoutError,
+    WorkflowNotFoundError,
 )
 from fuseline.messages import (
     KeepAliveReply,
@@ -472,6 +476,28 @@ class StorageBroker(Broker):
     def list_workflows(self) -> list[WorkflowSchema]:
         """Every stored schema, by workflow id and version."""
         return self.storage.atomic(lambda t: t.list_schemas(), write=False)
+
+    def find_workflow(self, workflow_id: str, version: str | None = None) -> WorkflowSchema:
+        """The stored schema of ``workflow_id`` at ``version`` (the latest when None).
+
+        Reads only that workflow's versions, and the schema itself only once
+        per broker object.
+
+        Raises:
+            WorkflowNotFoundError: No such schema is stored.
+        """
+
+        def body(t: StorageTransaction) -> WorkflowSchema:
+            chosen = version
+            if chosen is None:
+                chosen = latest_version(t.schema_versions(workflow_id))
+            if chosen is not None:
+                with contextlib.suppress(WorkflowNotFoundError):
+                    return self._catalog.graph(t, (workflow_id, chosen)).schema
+            # Not stored: the same error as picking from the full list.
+            return find_workflow([], workflow_id, version)
+
+        return self.storage.atomic(body, write=False)
 
     def list_workers(self) -> list[WorkerInfo]:
         """Every registered worker, oldest first."""

@@ -161,6 +161,12 @@ class StorageTransaction(ABC):
     def list_schemas(self) -> list[WorkflowSchema]:
         """Every stored schema, by workflow id and version."""
 
+    def schema_versions(self, workflow_id: str) -> list[str]:
+        """The versions stored for ``workflow_id`` (backends answer this from an index)."""
+        return [
+            schema.version for schema in self.list_schemas() if schema.workflow_id == workflow_id
+        ]
+
     # -- workers ------------------------------------------------------------------
     @abstractmethod
     def add_worker(self, worker: StoredWorker) -> None:

@@ -92,6 +92,9 @@ class _MemoryTransaction(StorageTransaction):
     def list_schemas(self) -> list[WorkflowSchema]:
         return [self._t.schemas[key] for key in sorted(self._t.schemas)]
 
+    def schema_versions(self, workflow_id: str) -> list[str]:
+        return [version for workflow, version in self._t.schemas if workflow == workflow_id]
+
     # -- workers ------------------------------------------------------------------
     def add_worker(self, worker: StoredWorker) -> None:
         self._t.workers[worker.worker_id] = _copy(worker)

@@ -307,6 +307,13 @@ class SqlTransaction(StorageTransaction):
         ).fetchall()
         return [WorkflowSchema.model_validate_json(row[0]) for row in rows]
 
+    def schema_versions(self, workflow_id: str) -> list[str]:
+        """The versions stored for ``workflow_id``."""
+        rows = self._execute(
+            "SELECT version FROM fuseline_schemas WHERE workflow_id = ?", (workflow_id,)
+        ).fetchall()
+        return [row[0] for row in rows]
+
     # -- workers ------------------------------------------------------------------
     def add_worker(self, worker: StoredWorker) -> None:
         """Store a new worker."""

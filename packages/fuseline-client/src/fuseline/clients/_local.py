@@ -311,6 +311,19 @@ class LocalBrokerClient(BrokerClient):
         """Return the stored workflow schemas."""
         return list(self._method("list_workflows")())
 
+    def get_workflow(self, workflow_id: str, version: str | None = None) -> WorkflowSchema:
+        """Return the stored schema of ``workflow_id`` (its latest version unless ``version``).
+
+        Asks the broker for that one schema when it can look one up (the
+        built-in brokers can), instead of reading every stored schema.
+
+        Raises:
+            WorkflowNotFoundError: The broker stores no such schema.
+        """
+        if self._has("find_workflow"):
+            return self._method("find_workflow")(workflow_id, version)  # type: ignore[no-any-return]
+        return super().get_workflow(workflow_id, version)
+
     def list_workers(self) -> list[WorkerInfo]:
         """Return the registered workers."""
         return list(self._method("list_workers")())

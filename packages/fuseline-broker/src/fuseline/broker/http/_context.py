@@ -104,6 +104,10 @@ class FullBroker(Protocol):
         """List schemas."""
         ...
 
+    def find_workflow(self, workflow_id: str, version: str | None = None) -> WorkflowSchema:
+        """One stored schema; the latest version when ``version`` is None."""
+        ...
+
     def list_workers(self) -> list[WorkerInfo]:
         """List workers."""
         ...

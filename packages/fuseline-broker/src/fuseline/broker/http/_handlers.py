@@ -10,11 +10,10 @@ import re
 import time
 from urllib.parse import quote
 
-from fuseline.broker.http._context import CallContext, FullBroker, Reply
+from fuseline.broker.http._context import CallContext, Reply
 from fuseline.broker.http._errors import HttpError
 from fuseline.broker.http._parsing import json_size
 from fuseline.broker.http._queries import RunListQuery, RunWaitQuery, WorkflowListQuery
-from fuseline.clients._base import find_workflow
 from fuseline.clients.wire import (
     API_PREFIX,
     IDEMPOTENCY_HEADER,
@@ -213,8 +212,8 @@ async def list_workflows(ctx: CallContext) -> Reply:
 
 async def get_workflow(ctx: CallContext) -> Reply:
     """One stored schema by id and version."""
-    schemas = await ctx.run(ctx.broker.list_workflows)
-    return Reply(find_workflow(schemas, ctx.path["workflow_id"], ctx.path["version"]))
+    found = await ctx.run(ctx.broker.find_workflow, ctx.path["workflow_id"], ctx.path["version"])
+    return Reply(found)
 
 
 # -- runs ----------------------------------------------------------------------------
@@ -240,10 +239,6 @@ def _idempotency_key(ctx: CallContext, body: DispatchSchema | DispatchStored) ->
     return header if header is not None else body.idempotency_key
 
 
-def _stored_schema(broker: FullBroker, workflow_id: str, version: str | None) -> WorkflowSchema:
-    return find_workflow(broker.list_workflows(), workflow_id, version)
-
-
 async def dispatch_run(ctx: CallContext) -> Reply:
     """Start a run of the schema sent, or of a stored schema picked by id and version."""
     body = ctx.body_as(DispatchRequest).root
@@ -253,7 +248,7 @@ async def dispatch_run(ctx: CallContext) -> Reply:
         schema = body.workflow
         _check_schema(ctx, schema)
     else:
-        schema = await ctx.run(_stored_schema, ctx.broker, body.workflow_id, body.version)
+        schema = await ctx.run(ctx.broker.find_workflow, body.workflow_id, body.version)
     run_id = await ctx.run(ctx.broker.dispatch_workflow, schema, body.inputs, idempotency_key=key)
     created = RunCreated(
         run_id=run_id, workflow_id=schema.workflow_id, workflow_version=schema.version
