@@ -8,9 +8,10 @@ Part one calls a ``PostgresBroker`` directly, one operation at a time, and
 counts the transactions, statements and round trips each one sends
 (psycopg's ``Connection.execute``, ``transaction`` and ``pipeline`` are
 wrapped for the count; BEGIN and COMMIT count as the transaction, not as
-statements; a statement sent alone is a round trip, and so is a pipeline). Part two runs workers (``ProcessEngine`` threads talking
-HTTP) against the broker server over PostgreSQL and counts the requests of
-each kind per step. Counts do not depend on the machine, unlike timings.
+statements; a statement sent alone is a round trip, and so is a pipeline).
+Part two runs workers (``ProcessEngine`` threads talking HTTP) against the
+broker server over PostgreSQL and counts the requests of each kind per step.
+Counts do not depend on the machine, unlike timings.
 """
 
 from __future__ import annotations

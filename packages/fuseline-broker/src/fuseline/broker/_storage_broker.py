@@ -31,8 +31,6 @@ from fuseline.broker._records import run_details, run_summary, worker_info
 from fuseline.broker._reports import CheckedReport, Known, apply_report, check_report
 from fuseline.broker._transitions import RunTransitions
 from fuseline.broker._validation import as_schema, json_payload
-from fuseline.clients._base import find_workflow
-from fuseline.clients.wire import latest_version
 from fuseline.errors import (
     BrokerUnavailableError,
     FuselineError,
@@ -60,6 +58,7 @@ from fuseline.storage import (
     StoredRun,
 )
 from fuseline.workflow import WorkflowSchema, rules
+from fuseline.workflow.versions import find_workflow, latest_version
 
 __all__ = ["StorageBroker"]
 

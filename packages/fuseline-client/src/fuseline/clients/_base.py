@@ -5,14 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
-from fuseline.clients.wire import latest_version
 from fuseline.errors import (
     ConflictError,
     InvalidInputError,
     ResultNotSerializableError,
     RunNotFoundError,
     StepNotFoundError,
-    WorkflowNotFoundError,
 )
 from fuseline.messages import (
     KeepAliveReply,
@@ -26,6 +24,7 @@ from fuseline.messages import (
 )
 from fuseline.status import Status
 from fuseline.workflow import WorkflowSchema
+from fuseline.workflow.versions import find_workflow
 
 __all__ = ["BrokerClient", "SupportsSchema", "WorkflowRef", "find_workflow", "schema_of"]
 
@@ -50,26 +49,6 @@ class SupportsSchema(Protocol):
 
 WorkflowRef = WorkflowSchema | SupportsSchema | str
 """What the dispatch helpers accept: a schema, a ``Workflow``, or a stored workflow id."""
-
-
-def find_workflow(
-    schemas: list[WorkflowSchema], workflow_id: str, version: str | None
-) -> WorkflowSchema:
-    """Pick ``workflow_id`` at ``version`` (the latest version when None) from ``schemas``.
-
-    Raises:
-        WorkflowNotFoundError: No stored schema matches.
-    """
-    matching = {s.version: s for s in schemas if s.workflow_id == workflow_id}
-    chosen = version if version is not None else latest_version(matching)
-    if chosen is None or chosen not in matching:
-        wanted = f"version {version!r} of " if version is not None else ""
-        raise WorkflowNotFoundError(
-            f"The broker has no {wanted}workflow {workflow_id!r}; a worker that runs it "
-            "must register first (or dispatch the schema itself).",
-            details={"workflow_id": workflow_id, "version": version},
-        )
-    return matching[chosen]
 
 
 def schema_of(

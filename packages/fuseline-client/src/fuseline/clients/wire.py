@@ -12,8 +12,6 @@ silently ignored.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, RootModel, Tag
@@ -26,6 +24,7 @@ from fuseline.messages import (
     WorkerInfo,
 )
 from fuseline.workflow import WorkflowSchema
+from fuseline.workflow.versions import latest_version
 
 __all__ = [
     "API_PREFIX",
@@ -226,22 +225,3 @@ class WorkerList(_Wire):
     """Registered workers."""
 
     items: list[WorkerInfo]
-
-
-_NUMBER = re.compile(r"(\d+)")
-
-
-def _version_order(version: str) -> tuple[tuple[int, int | str], ...]:
-    # Compare digit runs as numbers so that "10" comes after "9" and "1.10"
-    # after "1.9"; other text compares as text.
-    parts = _NUMBER.split(version)
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in parts if part)
-
-
-def latest_version(versions: Iterable[str]) -> str | None:
-    """Return the highest version, comparing runs of digits as numbers.
-
-    ``latest_version(["1", "2", "10"])`` is ``"10"``; ``None`` for no versions.
-    """
-    ordered = sorted(versions, key=_version_order)
-    return ordered[-1] if ordered else None
