@@ -96,8 +96,15 @@ DISTRIBUTIONS = {
     BROKER: Distribution(
         BROKER,
         owns=("broker", "storage"),
-        brings=frozenset({CORE, BROKER}),
-        imports=("fuseline", "fuseline.broker", "fuseline.storage", "robyn"),
+        brings=frozenset({CORE, CLIENT, BROKER}),
+        imports=(
+            "fuseline",
+            "fuseline.broker",
+            "fuseline.broker.http",
+            "fuseline.broker.clients",
+            "fuseline.storage",
+            "robyn",
+        ),
         absent=("psycopg", "psycopg_pool", "fuseline.worker"),
     ),
     WORKER: Distribution(

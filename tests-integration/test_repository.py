@@ -105,6 +105,8 @@ def test_dependency_rules() -> None:
     )
     assert names("fuseline-worker").isdisjoint({"robyn", "psycopg", "fuseline-broker"})
     assert "fuseline-core" in names("fuseline-client") & names("fuseline-worker") & names(META)
+    # The broker's HTTP server speaks the client's wire models.
+    assert "fuseline-client" in names("fuseline-broker")
     extras = load_project(META)["optional-dependencies"]
     assert set(extras) == {"client", "worker", "broker", "postgres", "all"}
 
