@@ -205,3 +205,70 @@ def test_a_whole_batch_is_refused_for_bad_arguments(broker: StorageBroker) -> No
         broker.report_steps(worker.worker_id, [_report(a, 1)], claim=-1)
     # None of it touched the step.
     assert broker.get_run(a.instance_id).steps["only"].status is S.RUNNING
+
+
+# -- steps claimed from the runs a report just read --------------------------------------
+# A step claimed in the transaction of a report of its own run takes the
+# run's inputs and its predecessors' results from the rows the report read,
+# not from the database; these tests pin that those are the right ones.
+
+
+def test_a_join_claimed_with_a_report_gets_results_recorded_earlier(
+    broker: StorageBroker,
+) -> None:
+    diamond = schema("known-diamond", [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+    worker = HandWorker(broker, [diamond])
+    run_id = broker.dispatch_workflow(diamond, {"n": 7})
+    a = worker.claim()
+    assert a is not None
+    worker.succeed(a, {"from": "a"})
+    parents = worker.claim_named()
+    worker.succeed(parents["b"], {"from": "b"})  # in a transaction of its own
+
+    d = worker.report(parents["c"], S.SUCCEEDED, [1, 2], claim_next=True)
+
+    assert d is not None and d.step_name == "d"
+    assert d.workflow_inputs == {"n": 7}
+    assert d.results == {"b": {"from": "b"}, "c": [1, 2]}
+    worker.succeed(d, "joined")
+    assert broker.get_run(run_id).result == {"d": "joined"}
+
+
+def test_an_or_join_claimed_with_its_winners_report_gets_only_the_winner(
+    broker: StorageBroker,
+) -> None:
+    either = schema("known-or", [("j", "out")], or_groups=[("j", "first", ["a", "b"])])
+    worker = HandWorker(broker, [either])
+    broker.dispatch_workflow(either, {"n": 1})
+    members = worker.claim_named()
+
+    j = worker.report(members["b"], S.SUCCEEDED, "b won", claim_next=True)
+
+    assert j is not None and j.step_name == "j"
+    assert (j.workflow_inputs, j.results) == ({"n": 1}, {"b": "b won"})
+    assert worker.report(members["a"], S.SUCCEEDED, "a lost", claim_next=True) is None
+    out = worker.report(j, S.SUCCEEDED, j.results["b"], claim_next=True)
+    assert out is not None and (out.step_name, out.results) == ("out", {"j": "b won"})
+
+
+def test_a_batch_claims_from_reported_and_from_other_runs_alike(broker: StorageBroker) -> None:
+    chain = schema("known-mixed", [("a", "b")])
+    worker = HandWorker(broker, [chain])
+    reported = [broker.dispatch_workflow(chain, {"n": n}) for n in (2, 3)]
+    claimed = {a.instance_id: a for a in worker.claim_all()}
+    assert sorted(claimed) == sorted(reported)
+    waiting = broker.dispatch_workflow(chain, {"n": 1})
+    first = worker.claim()
+    assert first is not None
+    worker.succeed(first, "waiting's a")  # its b is ready, in a run no report reads
+
+    reply = broker.report_steps(
+        worker.worker_id, [_report(a, f"{a.instance_id}'s a") for a in claimed.values()], claim=3
+    )
+
+    got = {b.instance_id: b for b in reply.assignments}
+    assert sorted(got) == sorted([waiting, *reported])
+    for run_id, n in [(waiting, 1), (reported[0], 2), (reported[1], 3)]:
+        b = got[run_id]
+        expected = "waiting's a" if run_id == waiting else f"{run_id}'s a"
+        assert (b.step_name, b.workflow_inputs, b.results) == ("b", {"n": n}, {"a": expected})

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from fuseline.broker._records import assignment
+from fuseline.broker._reports import Known
 from fuseline.errors import RunNotFoundError, WorkerNotFoundError, WorkflowNotFoundError
 from fuseline.messages import StepAssignment
 from fuseline.status import Status
@@ -97,27 +100,55 @@ class Catalog:
 
 
 def claim_steps(
-    t: StorageTransaction, catalog: Catalog, worker_id: str, limit: int
+    t: StorageTransaction,
+    catalog: Catalog,
+    worker_id: str,
+    limit: int,
+    known: Mapping[str, Known] | None = None,
 ) -> list[StepAssignment]:
-    """Lease up to ``limit`` ready steps of the worker's workflows to it."""
+    """Lease up to ``limit`` ready steps of the worker's workflows to it.
+
+    ``known`` holds runs this transaction locked and read with all their rows
+    (a report's run): a step claimed from one of them takes its run's inputs
+    and its predecessors' results from there instead of reading them again.
+    """
     workflows = catalog.workflows_of(t, worker_id)
+    known = known or {}
+    rows, runs = t.claim_steps_with_runs(
+        worker_id, workflows, limit, _lease_token, known=known.keys()
+    )
+    # After the claim, which may have brought the clock along.
     catalog.touch(t, worker_id)
-    rows = t.claim_steps(worker_id, workflows, limit, _lease_token)
     if not rows:
         return []
-    # Sorted: claims that start the same runs lock them in the same order.
-    run_ids = sorted({row.run_id for row in rows})
-    runs = t.runs_by_id(run_ids)
-    if len(runs) != len(run_ids):  # pragma: no cover - a step row never outlives its run
-        raise RunNotFoundError(f"Runs {sorted(set(run_ids) - set(runs))!r} vanished.")
+    # A run this transaction locked and read is the current one.
+    runs.update((run_id, entry[0]) for run_id, entry in known.items() if entry[0] is not None)
+    missing = {row.run_id for row in rows} - runs.keys()
+    if missing:  # pragma: no cover - a step row never outlives its run
+        raise RunNotFoundError(f"Runs {sorted(missing)!r} vanished.")
     # The first hand-out starts a run. A conditional update, so a cancel
-    # committed meanwhile is never overwritten.
-    t.start_runs([run_id for run_id in run_ids if runs[run_id].status is Status.PENDING])
-    wanted = []
-    for row in rows:
+    # committed meanwhile is never overwritten. Sorted: claims that start the
+    # same runs lock them in the same order.
+    starting = sorted({row.run_id for row in rows if runs[row.run_id].status is Status.PENDING})
+    t.start_runs(starting)
+    wanted: list[tuple[str, list[str]]] = []
+    results: dict[int, dict[str, Any]] = {}
+    for index, row in enumerate(rows):
         graph = catalog.graph(t, (row.workflow_id, row.version))
-        wanted.append((row.run_id, graph.result_sources(row.step_name, row.or_winners)))
-    results = t.results_for(wanted)
+        sources = graph.result_sources(row.step_name, row.or_winners)
+        entry = known.get(row.run_id)
+        if entry is None:
+            wanted.append((row.run_id, sources))
+        else:
+            # The run is locked, so its finished steps cannot change under us.
+            steps = entry[1]
+            results[index] = {
+                name: steps[name].result
+                for name in sources
+                if name in steps and steps[name].status is Status.SUCCEEDED
+            }
+    read = iter(t.results_for(wanted))
     return [
-        assignment(row, runs[row.run_id], found) for row, found in zip(rows, results, strict=True)
+        assignment(row, runs[row.run_id], results[i] if i in results else next(read))
+        for i, row in enumerate(rows)
     ]

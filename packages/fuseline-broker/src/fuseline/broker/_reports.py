@@ -73,13 +73,15 @@ def apply_report(
     graph_of: Callable[[StorageTransaction, WorkflowKey], RunGraph],
     runs: RunTransitions,
     reachable_for: float | None,
-    known: Known | None = None,
+    known: dict[str, Known],
 ) -> bool:
     """Record ``checked`` and settle what follows from it, inside transaction ``t``.
 
-    ``known`` is the run, locked, and its rows by step name, when the caller
-    read them already (for several reports at once); they are updated in
-    place, so a later report of the same run sees this one's changes.
+    ``known`` holds, by run id, runs this transaction has locked and read
+    with their rows by step name (or None for a run found missing). The run
+    is taken from there when present, and put there once read otherwise. Its
+    entry is updated in place, so a later report of the same run, and a
+    claim in the same transaction, see this one's changes.
 
     Returns:
         True when recorded; False when it repeats the report already accepted
@@ -91,11 +93,12 @@ def apply_report(
         LeaseConflictError: The worker does not hold the step's live lease.
     """
     report = checked.report
-    if known is None:
+    entry = known.get(report.instance_id)
+    if entry is None:
         run = t.get_run(report.instance_id, lock=True)
         rows = None
     else:
-        run, rows = known
+        run, rows = entry
     if run is None:
         raise RunNotFoundError(
             f"No run {report.instance_id!r} exists.", details={"run_id": report.instance_id}
@@ -115,6 +118,7 @@ def apply_report(
         )
     if rows is None:
         rows = {row.step_name: row for row in t.steps_of(run.run_id)}
+        known[run.run_id] = (run, rows)
     step = rows.get(report.step_name)
     now = t.now()
     if not report_applies(step, worker_id, report, checked.result, now, reachable_for):

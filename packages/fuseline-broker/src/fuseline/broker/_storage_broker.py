@@ -271,13 +271,14 @@ class StorageBroker(Broker):
 
         def body(t: StorageTransaction) -> StepAssignment | None:
             self._catalog.workflows_of(t, worker_id)
-            if not self._apply_report(t, worker_id, checked):
+            known: dict[str, Known] = {}
+            if not self._apply_report(t, worker_id, checked, known):
                 # A repeat of the accepted report (a retry after a lost answer):
                 # answer it, and change nothing, not even by claiming a step.
                 return None
             if not claim_next:
                 return None
-            found = claim_steps(t, self._catalog, worker_id, 1)
+            found = claim_steps(t, self._catalog, worker_id, 1, known)
             return found[0] if found else None
 
         return self.storage.atomic(body)
@@ -317,16 +318,16 @@ class StorageBroker(Broker):
             known = self._read_ahead(t, sorted({one.report.instance_id for _, one in checked}))
             for index, one in checked:
                 try:
-                    recorded |= self._apply_report(
-                        t, worker_id, one, known.get(one.report.instance_id)
-                    )
+                    recorded |= self._apply_report(t, worker_id, one, known)
                 except FuselineError as exc:
                     done[index] = ReportOutcome.refused(one.report, exc)
                 else:
                     done[index] = ReportOutcome.accepted_for(one.report)
             # As with one report: a batch that only repeats accepted reports
             # changes nothing, not even by claiming.
-            found = claim_steps(t, self._catalog, worker_id, claim) if claim and recorded else []
+            found = (
+                claim_steps(t, self._catalog, worker_id, claim, known) if claim and recorded else []
+            )
             return ReportBatchReply(
                 outcomes=[outcome for outcome in done if outcome is not None], assignments=found
             )
@@ -350,7 +351,7 @@ class StorageBroker(Broker):
         t: StorageTransaction,
         worker_id: str,
         checked: CheckedReport,
-        known: Known | None = None,
+        known: dict[str, Known],
     ) -> bool:
         return apply_report(
             t,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -261,6 +261,23 @@ class StorageTransaction(ABC):
         step is never handed to two claims at once, also when several
         processes claim concurrently.
         """
+
+    def claim_steps_with_runs(
+        self,
+        worker_id: str,
+        workflows: Sequence[WorkflowKey],
+        limit: int,
+        tokens: Callable[[], str],
+        *,
+        known: Collection[str] = (),
+    ) -> tuple[list[StoredStep], dict[str, StoredRun]]:
+        """:meth:`claim_steps`, and the runs of the claimed steps, read unlocked.
+
+        Runs named in ``known`` the caller holds already and may be left out.
+        Backends may claim and read in one round trip.
+        """
+        rows = self.claim_steps(worker_id, workflows, limit, tokens)
+        return rows, self.runs_by_id(sorted({row.run_id for row in rows} - set(known)))
 
     @abstractmethod
     def running_steps_of(self, worker_id: str) -> list[StoredStep]:

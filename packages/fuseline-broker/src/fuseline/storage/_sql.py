@@ -9,7 +9,7 @@ one set of statements serve both databases.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Collection, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -179,6 +179,10 @@ _RUN_COLUMNS = (
     "run_id, workflow_id, version, inputs, status, created_at, finished_at, cancel_requested, "
     "result, finished_steps, idempotency_key, request_hash, seq"
 )
+
+
+def _qualified(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column}" for column in columns.split(", "))
 
 
 def _marks(values: Sized) -> str:
@@ -565,27 +569,7 @@ class SqlTransaction(StorageTransaction):
         keys = " OR ".join("(workflow_id = ? AND version = ?)" for _ in workflows)
         key_values = tuple(part for key in workflows for part in key)
         if self._dialect.name == "postgresql":
-            # One round trip: pick, lock and lease the oldest steps, each with
-            # its own token. (SQLite keeps separate statements: they cost no
-            # round trip there, and UPDATE ... FROM needs a newer SQLite than
-            # some systems ship.)
-            now = self.now()
-            rows = self._execute(
-                "WITH locked AS MATERIALIZED (SELECT run_id AS pr, step_name AS ps, "
-                "ready_at AS ra FROM fuseline_steps "
-                f"WHERE status = 'PENDING' AND ({keys}) "
-                f"ORDER BY ready_at LIMIT ?{self._dialect.skip_locked}), "
-                "picked AS (SELECT pr, ps, row_number() OVER (ORDER BY ra, pr, ps) AS n "
-                "FROM locked) "
-                "UPDATE fuseline_steps SET status = 'RUNNING', attempt = attempt + 1, "
-                "worker_id = ?, lease_token = (?::text[])[picked.n], "
-                "deadline = ? + lease_seconds, started_at = ? "
-                "FROM picked WHERE run_id = picked.pr AND step_name = picked.ps "
-                f"RETURNING {_STEP_COLUMNS}",
-                (*key_values, limit, worker_id, [tokens() for _ in range(limit)], now, now),
-            ).fetchall()
-            # RETURNING follows no order: hand them out oldest first.
-            return sorted((_step(row) for row in rows), key=lambda s: s.ready_at)
+            return self.claim_steps_with_runs(worker_id, workflows, limit, tokens)[0]
         picked = self._execute(
             "SELECT run_id, step_name FROM fuseline_steps "
             f"WHERE status = 'PENDING' AND ({keys}) "
@@ -605,6 +589,53 @@ class SqlTransaction(StorageTransaction):
             if row is not None:
                 claimed.append(_step(row))
         return claimed
+
+    def claim_steps_with_runs(
+        self,
+        worker_id: str,
+        workflows: Sequence[WorkflowKey],
+        limit: int,
+        tokens: Callable[[], str],
+        *,
+        known: Collection[str] = (),
+    ) -> tuple[list[StoredStep], dict[str, StoredRun]]:
+        """Claim, and read the claimed steps' runs; on PostgreSQL in one round trip.
+
+        One statement picks, locks and leases the oldest steps, each with its
+        own token, and returns each with its run (read, not locked) and, when
+        this transaction has not read the clock yet, the clock.
+        """
+        if self._dialect.name != "postgresql":
+            return super().claim_steps_with_runs(worker_id, workflows, limit, tokens, known=known)
+        if not workflows or limit < 1:
+            return [], {}
+        keys = " OR ".join("(workflow_id = ? AND version = ?)" for _ in workflows)
+        key_values = tuple(part for key in workflows for part in key)
+        rows = self._execute(
+            "WITH clock AS (SELECT coalesce(?::float8, "
+            "extract(epoch FROM clock_timestamp())::float8) AS t), "
+            "locked AS MATERIALIZED (SELECT run_id AS pr, step_name AS ps, "
+            "ready_at AS ra FROM fuseline_steps "
+            f"WHERE status = 'PENDING' AND ({keys}) "
+            f"ORDER BY ready_at LIMIT ?{self._dialect.skip_locked}), "
+            "picked AS (SELECT pr, ps, row_number() OVER (ORDER BY ra, pr, ps) AS n "
+            "FROM locked) "
+            "UPDATE fuseline_steps AS s SET status = 'RUNNING', attempt = s.attempt + 1, "
+            "worker_id = ?, lease_token = (?::text[])[picked.n], "
+            "deadline = clock.t + s.lease_seconds, started_at = clock.t "
+            "FROM picked, clock, fuseline_runs AS r "
+            "WHERE s.run_id = picked.pr AND s.step_name = picked.ps AND r.run_id = picked.pr "
+            f"RETURNING {_qualified('s', _STEP_COLUMNS)}, clock.t, "
+            f"{_qualified('r', _RUN_COLUMNS)}",
+            (self._now, *key_values, limit, worker_id, [tokens() for _ in range(limit)]),
+        ).fetchall()
+        width = len(_STEP_COLUMNS.split(", "))
+        if rows and self._now is None:
+            self._now = float(rows[0][width])
+        # RETURNING follows no order: hand them out oldest first.
+        steps = sorted((_step(row[:width]) for row in rows), key=lambda step: step.ready_at)
+        runs = {run.run_id: run for run in (_run(row[width + 1 :]) for row in rows)}
+        return steps, runs
 
     def running_steps_of(self, worker_id: str) -> list[StoredStep]:
         """RUNNING steps whose lease the worker holds."""
