@@ -63,3 +63,24 @@ def test_a_write_that_fails_at_the_end_undoes_the_whole_transaction(
         broker.storage.atomic(body)
     (after,) = broker.storage.atomic(lambda t: t.steps_of(run_id), write=False)
     assert after.status is Status.PENDING
+
+
+def test_a_write_refused_before_a_read_fails_with_its_own_error(broker: StorageBroker) -> None:
+    # PostgreSQL sends held writes in the same round trip as the read that
+    # follows them: the refusal of the write must surface, not the read's.
+    run_id = _queued_run(broker)
+    reached_after_read = False
+
+    def body(t: StorageTransaction) -> None:
+        nonlocal reached_after_read
+        (row,) = t.steps_of(run_id)
+        t.update_step(dataclasses.replace(row, status=Status.SKIPPED))
+        t.add_steps([row])  # refused: the step exists
+        t.get_run(run_id)
+        reached_after_read = True
+
+    with pytest.raises((ValueError, sqlite3.IntegrityError, psycopg.errors.UniqueViolation)):
+        broker.storage.atomic(body)
+    assert not reached_after_read
+    (after,) = broker.storage.atomic(lambda t: t.steps_of(run_id), write=False)
+    assert after.status is Status.PENDING

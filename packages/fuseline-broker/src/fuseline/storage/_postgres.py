@@ -61,8 +61,9 @@ class _PgTransaction(SqlTransaction):
     """Holds writes back and sends them in one round trip; NOTIFY is delivered on commit.
 
     A statement whose result nothing reads (an update, an insert, a NOTIFY)
-    waits until the transaction next reads or commits, and the writes held
-    by then go to the server together, in order, in pipeline mode. A report
+    waits until the transaction next reads or commits. The writes held by
+    then go to the server together, in order, in pipeline mode, followed in
+    the same round trip by the read that needs them. A report
     writes three rows per step, so a batch of reports saves most of its
     round trips this way.
     """
@@ -76,8 +77,14 @@ class _PgTransaction(SqlTransaction):
         self._held.append((self._dialect.sql(statement), tuple(params)))
 
     def _execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
-        self.flush()
-        return super()._execute(statement, params)
+        if not self._held:
+            return super()._execute(statement, params)
+        # The writes held so far go ahead of this statement, in the same round trip.
+        held, self._held = self._held, []
+        with self._pg.pipeline():
+            for write, values in held:
+                self._pg.execute(write, values)
+            return super()._execute(statement, params)
 
     def flush(self) -> None:
         if not self._held:
