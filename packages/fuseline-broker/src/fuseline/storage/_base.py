@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -325,6 +325,30 @@ class StorageTransaction(ABC):
     @abstractmethod
     def notify_work(self) -> None:
         """After commit, wake claims waiting for work (in every process if possible)."""
+
+    # Backends that know which steps a transaction queued call these, so that
+    # a transaction that claimed every step it queued wakes no one: a report
+    # that queues its successor and claims it (a chain's usual step) has
+    # nothing new to offer to waiting claims.
+    _queued: set[tuple[str, str]] | None = None
+    _wake_anyway: bool = False
+
+    def _made_ready(self, step: StoredStep) -> None:
+        """Note that this transaction left ``step`` ready to claim."""
+        if self._queued is None:
+            self._queued = set()
+        self._queued.add((step.run_id, step.step_name))
+        self.work_changed = True
+
+    def _took(self, steps: Iterable[StoredStep]) -> None:
+        """Note that this transaction claimed ``steps`` itself."""
+        if self._queued:
+            self._queued.difference_update((step.run_id, step.step_name) for step in steps)
+
+    def settle_wakeups(self) -> None:
+        """Before commit: wake claims only if a step queued here is still unclaimed."""
+        if self._queued is not None:
+            self.work_changed = self._wake_anyway or bool(self._queued)
 
     @abstractmethod
     def notify_runs(self) -> None:

@@ -234,7 +234,7 @@ class _MemoryTransaction(StorageTransaction):
 
         self._undo.append(undo)
         if new.status is Status.PENDING:
-            self.work_changed = True
+            self._made_ready(new)
 
     def steps_of(self, run_id: str, *, lock: bool = False) -> list[StoredStep]:
         return [_copy(step) for step in self._t.steps.get(run_id, {}).values()]
@@ -287,6 +287,7 @@ class _MemoryTransaction(StorageTransaction):
             step.started_at = now
             self._put(step)
             claimed.append(_copy(step))
+        self._took(claimed)
         return claimed
 
     def running_steps_of(self, worker_id: str) -> list[StoredStep]:
@@ -326,6 +327,7 @@ class _MemoryTransaction(StorageTransaction):
 
     # -- wake-ups -----------------------------------------------------------------
     def notify_work(self) -> None:
+        self._wake_anyway = True
         self.work_changed = True
 
     def notify_runs(self) -> None:
@@ -358,5 +360,6 @@ class MemoryStorage(RuntimeStorage):
             except BaseException:
                 transaction.rollback()
                 raise
+            transaction.settle_wakeups()
         self._committed(transaction)
         return result

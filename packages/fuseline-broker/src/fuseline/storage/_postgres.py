@@ -7,14 +7,17 @@ queued step rows with ``FOR UPDATE SKIP LOCKED``, so concurrent claims never
 take the same step nor wait for each other. Deadlines use the database
 server's clock.
 
-``NOTIFY`` after a commit that made work ready (or finished a run) wakes the
+``NOTIFY`` after a commit that left work ready (or finished a run) wakes the
 waiting claims of every broker process at once; it is only a hint, and
-waiters look at the tables again every ``poll_interval`` anyway.
+waiters look at the tables again every ``poll_interval`` anyway. Work the
+committing transaction claimed itself wakes no one, and a process ignores
+its own notifications, since it woke its own waiters right after the commit.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -68,10 +71,15 @@ class _PgTransaction(SqlTransaction):
     round trips this way.
     """
 
-    def __init__(self, connection: psycopg.Connection[Any], clock: Callable[[], float]) -> None:
+    def __init__(
+        self, connection: psycopg.Connection[Any], clock: Callable[[], float], sender: str
+    ) -> None:
         super().__init__(connection, POSTGRESQL, clock)
         self._pg = connection
         self._held: list[tuple[str, tuple[Any, ...]]] = []
+        # Sent as the NOTIFY payload, so that this process's listener can skip
+        # its own notifications: this process already woke its waiters.
+        self._sender = sender
 
     def _write(self, statement: str, params: Sequence[Any] = ()) -> None:
         self._held.append((self._dialect.sql(statement), tuple(params)))
@@ -97,14 +105,17 @@ class _PgTransaction(SqlTransaction):
             for statement, params in held:
                 self._pg.execute(statement, params)
 
-    def notify_work(self) -> None:
-        if not self.work_changed:
-            self._write(f"NOTIFY {_WORK_CHANNEL}")
-        super().notify_work()
+    def before_commit(self) -> None:
+        super().before_commit()
+        # NOTIFY is delivered at commit wherever it stands in the transaction,
+        # so the one for work is decided last, once this transaction's claims
+        # are known.
+        if self.work_changed:
+            self._write(f"NOTIFY {_WORK_CHANNEL}, '{self._sender}'")
 
     def notify_runs(self) -> None:
         if not self.runs_changed:
-            self._write(f"NOTIFY {_RUNS_CHANNEL}")
+            self._write(f"NOTIFY {_RUNS_CHANNEL}, '{self._sender}'")
         super().notify_runs()
 
 
@@ -139,6 +150,9 @@ class PostgresStorage(RuntimeStorage):
         self.poll_interval = poll_interval
         self._timeout = connect_timeout
         self._stopped = threading.Event()
+        self._sender = secrets.token_hex(8)
+        # Set while the listener is connected and listening.
+        self.listening = threading.Event()
         self._pool = ConnectionPool(
             url,
             min_size=min_connections,
@@ -196,9 +210,10 @@ class PostgresStorage(RuntimeStorage):
 
     def _attempt(self, body: Callable[[StorageTransaction], T]) -> T:
         with self._pool.connection() as connection:
-            transaction = _PgTransaction(connection, time.time)
+            transaction = _PgTransaction(connection, time.time, self._sender)
             with connection.transaction():
                 result = body(transaction)
+                transaction.before_commit()
                 transaction.flush()
         self._committed(transaction)
         return result
@@ -217,10 +232,12 @@ class PostgresStorage(RuntimeStorage):
                     # Anything may have happened while no one listened.
                     self.work.fire()
                     self.runs.fire()
+                    self.listening.set()
                     while not self._stopped.is_set():
                         for note in connection.notifies(timeout=0.2):
                             self._wake(note)
             except psycopg.Error as exc:
+                self.listening.clear()
                 if self._stopped.is_set():
                     return
                 log.debug("notification listener lost its connection: %s", type(exc).__name__)
@@ -228,6 +245,8 @@ class PostgresStorage(RuntimeStorage):
                 pause = min(pause * 2, 5.0)
 
     def _wake(self, note: Any) -> None:
+        if note.payload == self._sender:
+            return  # a commit of this process, whose waiters were woken at once
         if note.channel == _WORK_CHANNEL:
             self.work.fire()
         elif note.channel == _RUNS_CHANNEL:

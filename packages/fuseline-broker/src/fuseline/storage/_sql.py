@@ -279,6 +279,10 @@ class SqlTransaction(StorageTransaction):
     def flush(self) -> None:
         """Send the writes held back, if the backend holds any."""
 
+    def before_commit(self) -> None:
+        """Settle the wake-ups; backends call this just before COMMIT."""
+        self.settle_wakeups()
+
     def now(self) -> float:
         """The storage clock, read once per transaction."""
         if self._now is None:
@@ -543,7 +547,7 @@ class SqlTransaction(StorageTransaction):
                 _step_values(step),
             )
             if step.status is Status.PENDING:
-                self.notify_work()
+                self._made_ready(step)
 
     def update_step(self, step: StoredStep) -> None:
         """Write every field of an existing step row."""
@@ -554,7 +558,7 @@ class SqlTransaction(StorageTransaction):
             (*values[4:], step.run_id, step.step_name),
         )
         if step.status is Status.PENDING:
-            self.notify_work()
+            self._made_ready(step)
 
     def claim_steps(
         self,
@@ -588,6 +592,7 @@ class SqlTransaction(StorageTransaction):
             ).fetchone()
             if row is not None:
                 claimed.append(_step(row))
+        self._took(claimed)
         return claimed
 
     def claim_steps_with_runs(
@@ -635,6 +640,7 @@ class SqlTransaction(StorageTransaction):
         # RETURNING follows no order: hand them out oldest first.
         steps = sorted((_step(row[:width]) for row in rows), key=lambda step: step.ready_at)
         runs = {run.run_id: run for run in (_run(row[width + 1 :]) for row in rows)}
+        self._took(steps)
         return steps, runs
 
     def running_steps_of(self, worker_id: str) -> list[StoredStep]:
@@ -710,7 +716,8 @@ class SqlTransaction(StorageTransaction):
 
     # -- wake-ups -----------------------------------------------------------------
     def notify_work(self) -> None:
-        """Remember to wake waiting claims after commit."""
+        """Remember to wake waiting claims after commit, whatever this transaction claims."""
+        self._wake_anyway = True
         self.work_changed = True
 
     def notify_runs(self) -> None:

@@ -168,6 +168,7 @@ class _SQLiteBase(RuntimeStorage):
             ) from exc
         try:
             result = body(transaction)
+            transaction.before_commit()
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
