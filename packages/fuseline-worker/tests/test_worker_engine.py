@@ -129,6 +129,33 @@ def fan_workflow(gate: Gate, width: int) -> Workflow:
     return Workflow(outputs=[total], workflow_id="fan")
 
 
+def test_a_step_left_ready_beside_the_one_a_report_claimed_is_taken_at_once() -> None:
+    # The source's report claims one branch; the other is left for the work
+    # loop, which waits for a report to settle. The branches only finish
+    # together, so the loop must wake for a report that handed its slot on.
+    together = threading.Barrier(2, timeout=5)
+
+    class Source(Step):
+        def run_step(self) -> int:
+            time.sleep(0.1)  # let the work loop find nothing else and wait
+            return 1
+
+    class Branch(Step):
+        def run_step(self, value: int) -> int:
+            together.wait()
+            return value
+
+    source, left, right = Source(), Branch(name="left"), Branch(name="right")
+    source >> left
+    source >> right
+    workflow = Workflow(outputs=[left, right], workflow_id="pair")
+    client = FakeBrokerClient()
+    run_id = client.start_run(workflow)
+
+    assert ProcessEngine(client, [workflow], concurrency=2).work() == 3
+    assert client.details(run_id).status is Status.SUCCEEDED
+
+
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_concurrency_bounds_how_many_steps_run_at_once(concurrency: int) -> None:
     gate = Gate()

@@ -288,8 +288,8 @@ class ProcessEngine:
         for held in taken:
             session.held.add(held)
         session.held.unreserve(reserved - len(taken))
-        if taken:
-            session.heartbeat.nudge()
+        for held in taken:
+            session.heartbeat.nudge(held.lease_seconds)
         for held in taken:
             session.executor.start(held)
 
@@ -302,7 +302,7 @@ class ProcessEngine:
             session.held.admit(held)
         else:
             session.held.hand_over(reported, held)
-        session.heartbeat.nudge()
+        session.heartbeat.nudge(held.lease_seconds)
         session.executor.start(held)
 
     def _retrying(self, call: Callable[[], T], what: str) -> T | None:

@@ -10,6 +10,7 @@ cancelled; the worker stops caring about those steps.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +57,11 @@ class Heartbeat:
         self._on_gone = on_gone
         self._fixed_interval = interval
         self._wake = threading.Event()
+        # When (monotonic) the thread plans to beat next; guarded by _plan so
+        # that a nudge sees either the plan made before its step was held or
+        # one that already counts the step.
+        self._plan = threading.Lock()
+        self._due = math.inf
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._unreachable = False
@@ -72,9 +78,29 @@ class Heartbeat:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def nudge(self) -> None:
-        """A step was taken: work out the interval again (its lease may be shorter)."""
+    def nudge(self, lease_seconds: float | None) -> bool:
+        """A step with a lease of ``lease_seconds`` is now held: beat sooner if it needs that.
+
+        The thread is woken only when the new lease needs a beat before the
+        one planned, which for steps of equal leases is never: waking it for
+        every step taken costs a thread switch per step.
+
+        Returns:
+            Whether the thread was woken to plan again.
+        """
+        if self._fixed_interval is not None or lease_seconds is None:
+            return False
+        with self._plan:
+            if time.monotonic() + _interval_for(lease_seconds) >= self._due:
+                return False
         self._wake.set()
+        return True
+
+    @property
+    def next_beat(self) -> float | None:
+        """When (``time.monotonic``) the next beat is planned; None before the first plan."""
+        due = self._due
+        return None if due == math.inf else due
 
     def interval(self) -> float:
         """Seconds until the next beat is due."""
@@ -83,12 +109,13 @@ class Heartbeat:
         leases = [h.lease_seconds for h in self._held.live() if h.lease_seconds is not None]
         if not leases:
             return _DEFAULT_INTERVAL
-        return min(max(min(leases) / _BEATS_PER_LEASE, _SHORTEST_INTERVAL), _LONGEST_INTERVAL)
+        return _interval_for(min(leases))
 
     def _run(self) -> None:
         last = time.monotonic()
         while not self._stopped.is_set():
-            due = last + self.interval()
+            with self._plan:
+                due = self._due = last + self.interval()
             remaining = due - time.monotonic()
             if remaining > 0:
                 self._wake.wait(remaining)
@@ -128,3 +155,8 @@ class Heartbeat:
                 held = by_token.get(ref.lease_token)
                 if held is not None:
                     self._on_gone(held, reason)
+
+
+def _interval_for(lease_seconds: float) -> float:
+    """Seconds between beats for a lease of ``lease_seconds``."""
+    return min(max(lease_seconds / _BEATS_PER_LEASE, _SHORTEST_INTERVAL), _LONGEST_INTERVAL)

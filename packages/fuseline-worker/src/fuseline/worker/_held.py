@@ -98,6 +98,9 @@ class HeldSteps:
         self._held: list[HeldStep] = []
         self._reserved = 0
         self._generation = 0
+        # Threads in wait_for_change: a hand-over frees no slot and ends no
+        # step, so only they need waking for it.
+        self._change_waiters = 0
 
     # -- slots -------------------------------------------------------------------
     def reserve_free(self, stopping: Callable[[], bool], timeout: float | None = None) -> int:
@@ -135,7 +138,8 @@ class HeldSteps:
             self._held.append(new)
             # A report was delivered: other steps may have become ready too.
             self._generation += 1
-            self._cond.notify_all()
+            if self._change_waiters:
+                self._cond.notify_all()
 
     def admit(self, held: HeldStep) -> None:
         """Hold ``held`` without a free slot; the worker is over capacity until one frees."""
@@ -204,8 +208,12 @@ class HeldSteps:
     def wait_for_change(self, generation: int, stopping: Callable[[], bool]) -> None:
         """Wait until a report is settled after ``generation`` (or stopping)."""
         with self._cond:
-            while self._generation == generation and not stopping():
-                self._cond.wait()
+            self._change_waiters += 1
+            try:
+                while self._generation == generation and not stopping():
+                    self._cond.wait()
+            finally:
+                self._change_waiters -= 1
 
     def wait_settled(self, until: float | None, stopping: Callable[[], bool]) -> bool:
         """Wait until no live step is held, ``until`` (monotonic) passes or stopping.
