@@ -180,7 +180,7 @@ def count_statements(url: str) -> list[dict[str, Any]]:
             )
             measure("get_run", lambda: broker.get_run(run_id))
             measure("wait_for_run on a finished run", lambda: broker.wait_for_run(run_id, 1))
-            measure("heartbeat (keep_alive) holding one lease", lambda: broker.keep_alive(worker))
+            measure("heartbeat (keep_alive) holding 5 leases", lambda: broker.keep_alive(worker))
     finally:
         broker.close()
     return found
