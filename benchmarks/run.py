@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -299,9 +300,23 @@ class Bench:
         }
 
 
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM end the run as Ctrl-C does: broker, workers and databases cleaned up.
+
+    Without this, ``kill`` (or a CI timeout) ends this process at once and
+    leaves the broker and worker processes running and the databases behind.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite; 0 when every figure was measured (targets may still be missed)."""
     options = parse_args(argv)
+    _exit_on_sigterm()
     if not supported():
         print("The benchmarks read /proc and run on Linux only.", file=sys.stderr)
         return 2

@@ -2,8 +2,11 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +92,68 @@ def test_quick_in_process_run_prints_the_table_and_writes_the_json(tmp_path: Pat
     assert in_process["met"] in (True, False)
     # PostgreSQL targets were not measured in this run, so they are not judged.
     assert judged["W2 >= 0.5 x pgbench TPS (8 clients)"]["met"] is None
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below ``pid``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_broker_and_workers_it_started(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSELINE_")}
+    command = [sys.executable, str(RUNNER), "--quick", "--configs", "http-sqlite"]
+    runner = subprocess.Popen(
+        [*command, "--workloads", "W1", "--output-dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    watchdog = threading.Timer(120, runner.kill)
+    watchdog.start()
+    try:
+        assert runner.stderr is not None
+        for line in runner.stderr:
+            if "http-sqlite: W1" in line:  # broker and workers are up and working
+                break
+        started = descendants(runner.pid)
+        assert len(started) >= 3, started  # the broker's processes and two workers
+
+        runner.send_signal(signal.SIGTERM)
+        runner.communicate(timeout=60)
+
+        assert runner.returncode == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in started) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in started if alive(pid)]
+    finally:
+        watchdog.cancel()
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
