@@ -13,6 +13,8 @@ import pytest
 from worker_fakes import FakeBrokerClient, wait_until
 
 from fuseline import AsyncStep, Depends, Status, Step, Workflow
+from fuseline.broker import MemoryBroker
+from fuseline.clients import LocalBrokerClient
 from fuseline.engines import ProcessEngine as LazyProcessEngine
 from fuseline.errors import (
     AuthenticationError,
@@ -80,6 +82,39 @@ def test_workflow_params_are_defaults_for_runs_dispatched_without_them() -> None
     client.runs[run_id].inputs.pop("y")  # as if dispatched straight to a broker
     ProcessEngine(client, workflow).work()
     assert client.details(run_id).result == {"Double": 22}
+
+
+def test_a_step_that_changes_its_arguments_in_place_changes_nothing_the_broker_holds() -> None:
+    class Source(Step):
+        # Any: typed arguments are validated into new objects, these are passed as they are.
+        def run_step(self, config: Any) -> dict[str, list[int]]:
+            config["seen"].append(1)  # the run's inputs, changed in place
+            return {"items": [1]}
+
+    source = Source()
+
+    class Grow(Step):
+        def run_step(self, value: Any = Depends(source)) -> int:
+            value["items"].append(2)  # a predecessor's result, changed in place
+            return len(value["items"])
+
+    grow = Grow()
+    source >> grow
+    workflow = Workflow(outputs=[grow], workflow_id="in-place")
+    workflow.params["config"] = {"seen": []}
+    broker = MemoryBroker()
+    client = LocalBrokerClient(broker)
+    first = client.dispatch_workflow(workflow, {"config": {"seen": [0]}})
+    second = client.dispatch_workflow(workflow)  # falls back to the params
+
+    assert ProcessEngine(client, [workflow]).work() == 4
+
+    for run_id in (first, second):
+        details = client.get_run(run_id)
+        assert details.result == {"Grow": 2}
+        assert details.steps["Source"].result == {"items": [1]}
+    assert client.get_run(first).inputs == {"config": {"seen": [0]}}
+    assert workflow.params == {"config": {"seen": []}}
 
 
 class Gate:
