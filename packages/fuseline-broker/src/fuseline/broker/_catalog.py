@@ -91,6 +91,10 @@ class Catalog:
             workflows = self._worker_workflows.setdefault(worker_id, worker.workflows)
         return workflows
 
+    def known_workflows(self, worker_id: str) -> list[WorkflowKey]:
+        """The workflow versions of ``worker_id`` if this object has read them, else none."""
+        return self._worker_workflows.get(worker_id, [])
+
     def touch(self, t: StorageTransaction, worker_id: str, *, always: bool = False) -> None:
         """Note the worker as seen now, unless this object did so a moment ago."""
         now = time.monotonic()

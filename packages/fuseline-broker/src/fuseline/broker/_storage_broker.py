@@ -26,6 +26,7 @@ from typing import Any
 from fuseline.broker._base import Broker
 from fuseline.broker._catalog import Catalog, claim_steps
 from fuseline.broker._finished import FinishedRuns
+from fuseline.broker._handoff import Waiter, Waiters
 from fuseline.broker._leases import extend_leases
 from fuseline.broker._records import run_details, run_summary, worker_info
 from fuseline.broker._reports import CheckedReport, Known, apply_report, check_report
@@ -39,6 +40,7 @@ from fuseline.errors import (
     RunFinishedError,
     RunNotFoundError,
     WaitTimeoutError,
+    WorkerNotFoundError,
     WorkflowNotFoundError,
 )
 from fuseline.messages import (
@@ -110,6 +112,7 @@ class StorageBroker(Broker):
         self._finished = FinishedRuns()
         self._runs = RunTransitions(default_lease, default_max_attempts, self._finished.add)
         self._catalog = Catalog()
+        self._waiters = Waiters()
         self._last_reap = 0.0
         # After an outage of the storage, leases that ran out while it was
         # away get one more lease before they count as lost (see expire_leases).
@@ -191,7 +194,14 @@ class StorageBroker(Broker):
                 )
             return existing.run_id
 
+        # A worker of this process waiting for this workflow gets the new step
+        # in this very transaction (see _handoff.py). Taken before the
+        # transaction, so that a retried attempt claims for the same waiter.
+        waiter = self._waiters.take(schema.key)
+        handed: list[StepAssignment] = []
+
         def body(t: StorageTransaction) -> str:
+            handed.clear()
             graph = self._catalog.store(t, schema)
             now = t.now()
             run = StoredRun(
@@ -210,9 +220,29 @@ class StorageBroker(Broker):
                     raise IdempotencyConflictError("The run could not be stored; try again.")
                 return same_request(raced)
             self._runs.apply(t, graph, run, rules.start(graph), now)
+            if waiter is not None:
+                handed.extend(self._claim_for(t, waiter))
             return run_id
 
-        return self.storage.atomic(body)
+        if waiter is None:
+            return self.storage.atomic(body)
+        committed = False
+        try:
+            dispatched = self.storage.atomic(body)
+            committed = True
+        finally:
+            # Always answer the waiter, with nothing when the dispatch failed:
+            # it then goes on waiting as if it had never been taken.
+            waiter.deliver(handed if committed else [])
+            self.storage.work.poke()
+        return dispatched
+
+    def _claim_for(self, t: StorageTransaction, waiter: Waiter) -> list[StepAssignment]:
+        """Lease ready steps to a waiting worker inside another call's transaction."""
+        try:
+            return claim_steps(t, self._catalog, waiter.worker_id, waiter.limit)
+        except WorkerNotFoundError:
+            return []  # the worker is gone; its long poll will say so itself
 
     def get_step(self, worker_id: str, *, wait: float = 0.0) -> StepAssignment | None:
         """Hand the worker its next ready step, waiting up to ``wait`` seconds for one."""
@@ -241,7 +271,23 @@ class StorageBroker(Broker):
             remaining = deadline - time.monotonic()
             if found or remaining <= 0:
                 return found
-            hinted = self.storage.work.wait(since, min(remaining, self.storage.poll_interval))
+            waiter = Waiter(worker_id, self._catalog.known_workflows(worker_id), max_steps)
+            self._waiters.add(waiter)
+            try:
+                hinted = self.storage.work.wait(
+                    since,
+                    min(remaining, self.storage.poll_interval),
+                    until=waiter.is_delivered,
+                )
+            finally:
+                taken = not self._waiters.withdraw(waiter)
+            if taken:
+                # A dispatch is claiming for this poll: wait for what it gets,
+                # even if the time is up meanwhile.
+                handed = waiter.wait_delivered()
+                if handed:
+                    return handed
+                hinted = True  # that dispatch failed: look at the storage again
             if not hinted and time.monotonic() >= deadline:
                 # Nothing was made ready since the last look: looking again
                 # would only cost a transaction (idle workers ask every second).

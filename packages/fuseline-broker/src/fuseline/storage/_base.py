@@ -378,10 +378,21 @@ class Signal:
             self._generation += 1
             self._condition.notify_all()
 
-    def wait(self, since: int, timeout: float) -> bool:
-        """Wait until a hint newer than ``since`` or ``timeout`` seconds; True on a hint."""
+    def poke(self) -> None:
+        """Wake every waiter to look at its own ``until`` condition; no hint is given."""
         with self._condition:
-            return self._condition.wait_for(lambda: self._generation != since, timeout)
+            self._condition.notify_all()
+
+    def wait(self, since: int, timeout: float, until: Callable[[], bool] | None = None) -> bool:
+        """Wait until a hint newer than ``since``, ``until()`` holds or ``timeout`` seconds.
+
+        Returns:
+            True on a hint or when ``until()`` held.
+        """
+        with self._condition:
+            if until is None:
+                return self._condition.wait_for(lambda: self._generation != since, timeout)
+            return self._condition.wait_for(lambda: self._generation != since or until(), timeout)
 
 
 class RuntimeStorage(ABC):

@@ -149,10 +149,10 @@ class _WatchedSignal(Signal):
         super().__init__()
         self._start_watch = start_watch
 
-    def wait(self, since: int, timeout: float) -> bool:
-        """Wait until a hint newer than ``since`` or ``timeout`` seconds; True on a hint."""
+    def wait(self, since: int, timeout: float, until: Callable[[], bool] | None = None) -> bool:
+        """As :meth:`Signal.wait`, once the file is watched."""
         self._start_watch()
-        return super().wait(since, timeout)
+        return super().wait(since, timeout, until)
 
 
 class _SQLiteBase(RuntimeStorage):
