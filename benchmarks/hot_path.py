@@ -22,6 +22,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -181,9 +182,29 @@ def count_statements(url: str) -> list[dict[str, Any]]:
             measure("get_run", lambda: broker.get_run(run_id))
             measure("wait_for_run on a finished run", lambda: broker.wait_for_run(run_id, 1))
             measure("heartbeat (keep_alive) holding 5 leases", lambda: broker.keep_alive(worker))
+            # A worker waiting in a long poll gets the step from the dispatch itself.
+            handed: list[StepAssignment | None] = []
+            poll = threading.Thread(target=lambda: handed.append(broker.get_step(worker, wait=10)))
+            poll.start()
+            _await(lambda: len(broker._waiters) == 1, "the long poll to wait")
+            measure(
+                "dispatch while a worker waits (the first step is leased to it)",
+                lambda: broker.dispatch_workflow(schema, {"n": 9}, idempotency_key="hot-path-2"),
+            )
+            poll.join(10)
+            if not handed or handed[0] is None:
+                raise RuntimeError("the waiting worker was not handed the dispatched step")
     finally:
         broker.close()
     return found
+
+
+def _await(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.01)
 
 
 class _CountingClient(HttpBrokerClient):
