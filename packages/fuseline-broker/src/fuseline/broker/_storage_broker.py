@@ -26,7 +26,7 @@ from typing import Any
 from fuseline.broker._base import Broker
 from fuseline.broker._catalog import Catalog, claim_steps
 from fuseline.broker._finished import FinishedRuns
-from fuseline.broker._handoff import Waiter, Waiters
+from fuseline.broker._handoff import EmptyLooks, Waiter, Waiters
 from fuseline.broker._leases import extend_leases
 from fuseline.broker._records import run_details, run_summary, worker_info
 from fuseline.broker._reports import CheckedReport, Known, apply_report, check_report
@@ -113,6 +113,7 @@ class StorageBroker(Broker):
         self._runs = RunTransitions(default_lease, default_max_attempts, self._finished.add)
         self._catalog = Catalog()
         self._waiters = Waiters()
+        self._empty = EmptyLooks()
         self._last_reap = 0.0
         # After an outage of the storage, leases that ran out while it was
         # away get one more lease before they count as lost (see expire_leases).
@@ -263,21 +264,30 @@ class StorageBroker(Broker):
             raise InvalidInputError(f"max_steps must be between 1 and {_MAX_PAGE}.")
         deadline = time.monotonic() + max(wait, 0.0)
         while True:
-            since = self.storage.work.generation
             self._reap_if_due()
-            found = self.storage.atomic(
-                lambda t: claim_steps(t, self._catalog, worker_id, max_steps)
-            )
-            remaining = deadline - time.monotonic()
-            if found or remaining <= 0:
-                return found
+            since = self.storage.work.generation
+            looked_at = time.monotonic()
+            # A long poll right after one that found nothing, with no hint
+            # since, would find nothing either: it goes on waiting instead.
+            empty_until = self._empty.still_empty(worker_id, since, looked_at) if wait > 0 else None
+            if empty_until is None:
+                found = self.storage.atomic(
+                    lambda t: claim_steps(t, self._catalog, worker_id, max_steps)
+                )
+                if found:
+                    self._empty.forget(worker_id)
+                    return found
+                empty_until = looked_at + self.storage.poll_interval
+                self._empty.found_nothing(worker_id, since, empty_until)
+            now = time.monotonic()
+            remaining = deadline - now
+            if remaining <= 0:
+                return []
             waiter = Waiter(worker_id, self._catalog.known_workflows(worker_id), max_steps)
             self._waiters.add(waiter)
             try:
                 hinted = self.storage.work.wait(
-                    since,
-                    min(remaining, self.storage.poll_interval),
-                    until=waiter.is_delivered,
+                    since, min(remaining, max(empty_until - now, 0.0)), until=waiter.is_delivered
                 )
             finally:
                 taken = not self._waiters.withdraw(waiter)
@@ -287,7 +297,9 @@ class StorageBroker(Broker):
                 handed = waiter.wait_delivered()
                 if handed:
                     return handed
-                hinted = True  # that dispatch failed: look at the storage again
+                # That dispatch failed: look at the storage again.
+                self._empty.forget(worker_id)
+                hinted = True
             if not hinted and time.monotonic() >= deadline:
                 # Nothing was made ready since the last look: looking again
                 # would only cost a transaction (idle workers ask every second).
@@ -562,6 +574,7 @@ class StorageBroker(Broker):
         chance to before another worker runs the step again.
         """
         self._last_reap = time.monotonic()
+        self._empty.forget_older(self._last_reap)
         try:
             expired = self.storage.atomic(lambda t: t.expired_steps(_REAP_BATCH), write=False)
         except BrokerUnavailableError:
