@@ -1,9 +1,11 @@
-"""A long poll right after one that found nothing skips the claim that would find nothing.
+"""Long polls that wait without a transaction when nothing can have changed.
 
 A worker handed a step by a dispatch asks for more at once. When no hint of
 new work reached the broker process since that worker's last claim found
 nothing, the new poll goes on waiting without a claim transaction; any hint,
 a failed hand-off or one poll interval without news makes it look again.
+Likewise a caller waiting for a run dispatched in this process does not read
+it first while no hint says that a run ended.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import threading
 from typing import Any
 
 import pytest
-from broker_contract_support import HandWorker, schema, wait_until
+from broker_contract_support import Backend, HandWorker, schema, wait_until
 
 from fuseline.broker import StorageBroker
 from fuseline.broker import _storage_broker as storage_broker_module
-from fuseline.broker._handoff import EmptyLooks
-from fuseline.messages import StepAssignment
+from fuseline.broker._sightings import Sightings
+from fuseline.errors import WaitTimeoutError
+from fuseline.messages import RunDetails, StepAssignment
+from fuseline.storage import SQLiteStorage
 
 SINGLE = schema("long-poll-single", steps=["only"])
 
@@ -122,18 +126,123 @@ def test_another_worker_s_empty_look_does_not_stand_for_this_one(
     assert claims.count == before + 1
 
 
-def test_an_empty_look_holds_for_its_generation_until_it_expires() -> None:
-    looks = EmptyLooks()
-    looks.found_nothing("w", generation=4, valid_until=10.0)
+class Reads:
+    """Counts the broker's reads of whole runs (``get_run``)."""
 
-    assert looks.still_empty("w", 4, now=9.0) == 10.0
-    assert looks.still_empty("w", 5, now=9.0) is None  # a hint came since
-    assert looks.still_empty("w", 4, now=10.0) is None  # trusted no longer
-    assert looks.still_empty("someone else", 4, now=9.0) is None
-    looks.forget_older(now=9.0)
-    assert len(looks) == 1
-    looks.forget_older(now=10.0)
-    assert len(looks) == 0
-    looks.found_nothing("w", generation=4, valid_until=10.0)
-    looks.forget("w")
-    assert looks.still_empty("w", 4, now=9.0) is None
+    def __init__(self, broker: StorageBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        read = broker.get_run
+
+        def counted(run_id: str) -> Any:
+            self.count += 1
+            return read(run_id)
+
+        monkeypatch.setattr(broker, "get_run", counted)
+
+
+def waited_for(broker: StorageBroker, run_id: str) -> RunDetails:
+    """Wait for the run in a thread with a minute to spare; fail unless it ends in 15 s.
+
+    A wait that ended only at its timeout would have missed the run's end.
+    """
+    found: list[RunDetails] = []
+    waiter = threading.Thread(target=lambda: found.append(broker.wait_for_run(run_id, 60)))
+    waiter.start()
+    wait_until(lambda: found, "the wait for the run to end")
+    return found[0]
+
+
+def watching(broker: StorageBroker) -> None:
+    """Start the SQLite file watch now: its first look wakes every waiter once."""
+    if isinstance(broker.storage, SQLiteStorage):
+        before = broker.storage.runs.generation
+        broker.storage.runs.wait(before, 0)
+        wait_until(lambda: broker.storage.runs.generation > before, "the file watch to start")
+
+
+def finish_in_thread(worker: HandWorker, result: int) -> threading.Thread:
+    """Claim and finish the one ready step once someone waits for its run."""
+
+    def finish() -> None:
+        step = worker.claim(wait=10)
+        assert step is not None
+        worker.succeed(step, result)
+
+    thread = threading.Thread(target=finish)
+    return thread
+
+
+def test_waiting_for_a_run_dispatched_here_reads_nothing(
+    patient: StorageBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = HandWorker(patient, [SINGLE])
+    watching(patient)
+    run_id = patient.dispatch_workflow(SINGLE)
+    reads = Reads(patient, monkeypatch)
+    finisher = finish_in_thread(worker, 5)
+    finisher.start()
+
+    details = patient.wait_for_run(run_id, timeout=10)
+
+    finisher.join(10)
+    assert details.result == {"only": 5}
+    assert reads.count == 0  # nor before waiting, nor after: the finish handed it over
+
+
+def test_a_wait_that_times_out_still_says_how_far_the_run_got(
+    patient: StorageBroker,
+) -> None:
+    run_id = patient.dispatch_workflow(SINGLE)
+
+    with pytest.raises(WaitTimeoutError) as caught:
+        patient.wait_for_run(run_id, timeout=0.2)
+
+    assert caught.value.details == {"run_id": run_id, "status": "PENDING"}
+
+
+def test_a_run_finished_by_another_broker_process_ends_the_wait(
+    durable_backend: Backend,
+) -> None:
+    here, there = durable_backend.open(), durable_backend.open()
+    here.storage.poll_interval = 30.0
+    run_id = here.dispatch_workflow(SINGLE)
+    finisher = finish_in_thread(HandWorker(there, [SINGLE]), 6)
+    finisher.start()
+
+    details = waited_for(here, run_id)
+
+    finisher.join(10)
+    assert details.result == {"only": 6}
+
+
+def test_a_run_whose_end_went_unheard_is_read_within_the_poll_interval(
+    durable_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here, there = durable_backend.open(), durable_backend.open()
+    here.storage.poll_interval = 0.3
+    run_id = here.dispatch_workflow(SINGLE)
+    worker = HandWorker(there, [SINGLE])
+    with monkeypatch.context() as deaf:
+        deaf.setattr(here.storage.runs, "fire", lambda: None)
+        step = worker.claim()
+        assert step is not None
+        worker.succeed(step, 7)
+
+    details = waited_for(here, run_id)
+
+    assert details.result == {"only": 7}
+
+
+def test_a_sighting_holds_for_its_generation_until_it_expires() -> None:
+    seen = Sightings()
+    seen.saw("w", generation=4, valid_until=10.0)
+
+    assert seen.still_holds("w", 4, now=9.0) == 10.0
+    assert seen.still_holds("w", 5, now=9.0) is None  # a hint came since
+    assert seen.still_holds("w", 4, now=10.0) is None  # trusted no longer
+    assert seen.still_holds("someone else", 4, now=9.0) is None
+    seen.saw("x", generation=4, valid_until=12.0)
+    seen.forget_older(now=11.0)
+    assert len(seen) == 1 and seen.still_holds("x", 4, now=11.0) == 12.0
+    seen.forget("x")
+    assert seen.still_holds("x", 4, now=11.0) is None and len(seen) == 0

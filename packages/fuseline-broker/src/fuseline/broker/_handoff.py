@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from fuseline.messages import StepAssignment
 from fuseline.storage import WorkflowKey
 
-__all__ = ["EmptyLooks", "Waiter", "Waiters"]
+__all__ = ["Waiter", "Waiters"]
 
 
 @dataclass(eq=False)
@@ -90,51 +90,3 @@ class Waiters:
                     del self._queue[waiter]
                     return waiter
         return None
-
-
-@dataclass(frozen=True)
-class _Look:
-    generation: int
-    valid_until: float
-
-
-class EmptyLooks:
-    """When each worker's last claim found nothing, and what the process had heard by then.
-
-    A worker that was just handed a step usually asks for more at once. If
-    no wake-up hint came since its last claim found nothing, the storage has
-    nothing new for it either: the long poll can go on waiting where the
-    last one stopped instead of running a claim transaction that would find
-    nothing. Such knowledge is trusted for one poll interval only, exactly
-    as long as a waiting poll trusts the hints before it looks again, so
-    work made ready where no hint reaches (a delayed retry coming due,
-    another process's change missed by the listener) is found as late as it
-    was before, never later.
-    """
-
-    def __init__(self) -> None:
-        self._looks: dict[str, _Look] = {}
-
-    def __len__(self) -> int:
-        return len(self._looks)
-
-    def found_nothing(self, worker_id: str, generation: int, valid_until: float) -> None:
-        """Note that a claim for ``worker_id`` begun at hint ``generation`` found nothing."""
-        self._looks[worker_id] = _Look(generation, valid_until)
-
-    def forget(self, worker_id: str) -> None:
-        """Forget the worker's last empty look: its next claim looks at the storage."""
-        self._looks.pop(worker_id, None)
-
-    def still_empty(self, worker_id: str, generation: int, now: float) -> float | None:
-        """Until when the worker's last empty look still holds, or None to look again."""
-        look = self._looks.get(worker_id)
-        if look is None or look.generation != generation or now >= look.valid_until:
-            return None
-        return look.valid_until
-
-    def forget_older(self, now: float) -> None:
-        """Drop the looks that no longer hold (workers that went away leave theirs)."""
-        for worker_id, look in list(self._looks.items()):
-            if now >= look.valid_until:
-                self._looks.pop(worker_id, None)

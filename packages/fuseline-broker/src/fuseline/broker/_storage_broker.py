@@ -26,10 +26,11 @@ from typing import Any
 from fuseline.broker._base import Broker
 from fuseline.broker._catalog import Catalog, claim_steps
 from fuseline.broker._finished import FinishedRuns
-from fuseline.broker._handoff import EmptyLooks, Waiter, Waiters
+from fuseline.broker._handoff import Waiter, Waiters
 from fuseline.broker._leases import extend_leases
 from fuseline.broker._records import run_details, run_summary, worker_info
 from fuseline.broker._reports import CheckedReport, Known, apply_report, check_report
+from fuseline.broker._sightings import Sightings
 from fuseline.broker._transitions import RunTransitions
 from fuseline.broker._validation import as_schema, json_payload
 from fuseline.errors import (
@@ -113,7 +114,10 @@ class StorageBroker(Broker):
         self._runs = RunTransitions(default_lease, default_max_attempts, self._finished.add)
         self._catalog = Catalog()
         self._waiters = Waiters()
-        self._empty = EmptyLooks()
+        # Workers whose last claim found nothing, and runs dispatched here
+        # that had not finished: answers that hold until a hint comes.
+        self._empty = Sightings()
+        self._unfinished = Sightings()
         self._last_reap = 0.0
         # After an outage of the storage, leases that ran out while it was
         # away get one more lease before they count as lost (see expire_leases).
@@ -225,17 +229,22 @@ class StorageBroker(Broker):
                 handed.extend(self._claim_for(t, waiter))
             return run_id
 
+        since = self.storage.runs.generation
+        looked_at = time.monotonic()
         if waiter is None:
-            return self.storage.atomic(body)
-        committed = False
-        try:
             dispatched = self.storage.atomic(body)
-            committed = True
-        finally:
-            # Always answer the waiter, with nothing when the dispatch failed:
-            # it then goes on waiting as if it had never been taken.
-            waiter.deliver(handed if committed else [])
-            self.storage.work.poke()
+        else:
+            committed = False
+            try:
+                dispatched = self.storage.atomic(body)
+                committed = True
+            finally:
+                # Always answer the waiter, with nothing when the dispatch failed:
+                # it then goes on waiting as if it had never been taken.
+                waiter.deliver(handed if committed else [])
+                self.storage.work.poke()
+        if dispatched == run_id:  # a new run, not one found by its idempotency key
+            self._unfinished.saw(run_id, since, looked_at + self.storage.poll_interval)
         return dispatched
 
     def _claim_for(self, t: StorageTransaction, waiter: Waiter) -> list[StepAssignment]:
@@ -269,7 +278,7 @@ class StorageBroker(Broker):
             looked_at = time.monotonic()
             # A long poll right after one that found nothing, with no hint
             # since, would find nothing either: it goes on waiting instead.
-            empty_until = self._empty.still_empty(worker_id, since, looked_at) if wait > 0 else None
+            empty_until = self._empty.still_holds(worker_id, since, looked_at) if wait > 0 else None
             if empty_until is None:
                 found = self.storage.atomic(
                     lambda t: claim_steps(t, self._catalog, worker_id, max_steps)
@@ -278,7 +287,7 @@ class StorageBroker(Broker):
                     self._empty.forget(worker_id)
                     return found
                 empty_until = looked_at + self.storage.poll_interval
-                self._empty.found_nothing(worker_id, since, empty_until)
+                self._empty.saw(worker_id, since, empty_until)
             now = time.monotonic()
             remaining = deadline - now
             if remaining <= 0:
@@ -465,17 +474,29 @@ class StorageBroker(Broker):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             since = self.storage.runs.generation
-            details = self._finished.get(run_id) or self.get_run(run_id)
-            if details.status.is_terminal:
-                return details
-            remaining = 3600.0 if deadline is None else deadline - time.monotonic()
+            details = self._finished.get(run_id)
+            now = time.monotonic()
+            # A run dispatched here that no commit can have ended since: no
+            # need to read it before waiting.
+            unfinished_until = None if details else self._unfinished.still_holds(run_id, since, now)
+            if unfinished_until is None:
+                details = details or self.get_run(run_id)
+                if details.status.is_terminal:
+                    return details
+                unfinished_until = now + self.storage.poll_interval
+            remaining = 3600.0 if deadline is None else deadline - now
             if remaining > 0:
                 self._reap_if_due()
-                hinted = self.storage.runs.wait(since, min(remaining, self.storage.poll_interval))
+                hinted = self.storage.runs.wait(
+                    since, min(remaining, max(unfinished_until - now, 0.0))
+                )
                 # Unless a run finished meanwhile, a last look at the deadline
                 # would only cost a transaction.
                 if hinted or deadline is None or time.monotonic() < deadline:
                     continue
+            details = details or self.get_run(run_id)
+            if details.status.is_terminal:
+                return details
             raise WaitTimeoutError(
                 f"Run {run_id!r} is still {details.status.value} after {timeout:g} s.",
                 details={"run_id": run_id, "status": details.status.value},
@@ -575,6 +596,7 @@ class StorageBroker(Broker):
         """
         self._last_reap = time.monotonic()
         self._empty.forget_older(self._last_reap)
+        self._unfinished.forget_older(self._last_reap)
         try:
             expired = self.storage.atomic(lambda t: t.expired_steps(_REAP_BATCH), write=False)
         except BrokerUnavailableError:
