@@ -21,7 +21,7 @@ from fuseline.broker import _storage_broker as storage_broker_module
 from fuseline.broker._sightings import Sightings
 from fuseline.errors import WaitTimeoutError
 from fuseline.messages import RunDetails, StepAssignment
-from fuseline.storage import SQLiteStorage
+from fuseline.storage import PostgresStorage, SQLiteStorage
 
 SINGLE = schema("long-poll-single", steps=["only"])
 
@@ -153,7 +153,14 @@ def waited_for(broker: StorageBroker, run_id: str) -> RunDetails:
 
 
 def watching(broker: StorageBroker) -> None:
-    """Start the SQLite file watch now: its first look wakes every waiter once."""
+    """Let the storage's first wake-up of every waiter happen now, not during a test.
+
+    The SQLite file watch wakes every waiter with its first look, and the
+    PostgreSQL listener once it is connected (anything may have happened
+    before it listened).
+    """
+    if isinstance(broker.storage, PostgresStorage):
+        assert broker.storage.listening.wait(10), "the storage's listener never connected"
     if isinstance(broker.storage, SQLiteStorage):
         before = broker.storage.runs.generation
         broker.storage.runs.wait(before, 0)

@@ -63,6 +63,34 @@ def test_a_lane_runs_at_most_its_size_at_once_and_queues_the_rest() -> None:
     assert most == 2
 
 
+def test_a_lane_is_crowded_only_while_a_call_waits_for_a_thread() -> None:
+    lane = ThreadLane(1, "test-lane")
+    started = threading.Event()
+    release = threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        release.wait(10)
+        return lane.crowded
+
+    async def main() -> tuple[bool, bool, bool, bool]:
+        idle = lane.crowded
+        first = asyncio.ensure_future(lane.call(hold))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        busy_alone = lane.crowded
+        second = asyncio.ensure_future(lane.call(lambda: lane.crowded))
+        await asyncio.sleep(0)  # the second call is now in line
+        in_line = lane.crowded
+        release.set()
+        seen_by_first, seen_by_second = await asyncio.gather(first, second)
+        assert seen_by_first  # the second call still waited when the first ended
+        return idle, busy_alone, in_line, seen_by_second
+
+    idle, busy_alone, in_line, last = asyncio.run(main())
+    lane.close()
+    assert (idle, busy_alone, in_line, last) == (False, False, True, False)
+
+
 def test_a_closed_lane_refuses_calls_and_fails_the_ones_still_waiting() -> None:
     lane = ThreadLane(1, "test-lane")
     started = threading.Event()

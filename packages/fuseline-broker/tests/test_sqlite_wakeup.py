@@ -23,6 +23,7 @@ from broker_contract_support import HandWorker, schema, wait_until
 from fuseline.broker import SQLiteBroker, StorageBroker
 from fuseline.status import Status
 from fuseline.storage import SQLiteStorage, StorageTransaction
+from fuseline.storage._sqlite import next_watch_interval
 
 T = TypeVar("T")
 
@@ -128,6 +129,16 @@ def test_an_idle_long_poll_looks_at_the_tables_rarely(tmp_path: Path) -> None:
     finally:
         waiting.close()
         other.close()
+
+
+def test_the_file_watch_slows_down_while_nothing_comes_and_hurries_when_work_does() -> None:
+    schedule = [0.05]
+    while len(schedule) < 12:
+        schedule.append(next_watch_interval(schedule[-1], activity=False))
+    assert schedule == sorted(schedule)
+    assert schedule[-1] == 0.25  # at most 4 looks a second when idle, not 20
+    assert sum(schedule[:5]) < 1.0  # the slowest pace is reached within a second
+    assert next_watch_interval(0.25, activity=True) == 0.05
 
 
 def test_closing_the_storage_stops_its_watch(tmp_path: Path) -> None:

@@ -116,3 +116,13 @@ def test_other_broker_processes_still_hear_of_work(durable_backend: Backend) -> 
     if durable_backend.postgres_url is not None:
         wait_until(lambda: second.storage.work.generation > before, "the other broker to hear")
     assert worker.claim() is not None
+
+
+def test_a_closed_postgres_storage_stops_listening_at_once(postgres_url: str) -> None:
+    # The listener sleeps until the server sends something; close() must wake it.
+    storage = PostgresStorage(postgres_url)
+    assert storage.listening.wait(10), "the storage's listener never connected"
+    listener = storage._listener
+    storage.close()
+    assert not listener.is_alive()
+    storage.close()  # a second close is harmless

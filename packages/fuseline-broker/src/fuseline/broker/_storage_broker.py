@@ -69,7 +69,8 @@ log = logging.getLogger("fuseline.broker")
 
 _MAX_PAGE = 1000
 _REAP_BATCH = 100
-# Claims look for expired leases at most this often (per broker object).
+# Without a sweeper, claims look for expired leases at most this often (per
+# broker object); with one, only when it missed two of its rounds.
 _REAP_EVERY = 0.2
 
 
@@ -119,6 +120,9 @@ class StorageBroker(Broker):
         self._empty = Sightings()
         self._unfinished = Sightings()
         self._last_reap = 0.0
+        # Claims and waits look for expired leases too, but leave it to the
+        # sweeper while it keeps up: each look is a transaction.
+        self._reap_every = max(_REAP_EVERY, 2 * sweep_interval)
         # After an outage of the storage, leases that ran out while it was
         # away get one more lease before they count as lost (see expire_leases).
         self._storage_lost = False
@@ -624,7 +628,7 @@ class StorageBroker(Broker):
         return None if back is None else time.monotonic() - back
 
     def _reap_if_due(self) -> None:
-        if time.monotonic() - self._last_reap >= _REAP_EVERY:
+        if time.monotonic() - self._last_reap >= self._reap_every:
             self.expire_leases()
 
     def _expire(

@@ -17,7 +17,9 @@ its own notifications, since it woke its own waiters right after the commit.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import select
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -142,7 +144,7 @@ class PostgresStorage(RuntimeStorage):
         max_connections: int = 16,
         connect_timeout: float = 10.0,
         request_timeout: float = 3.0,
-        poll_interval: float = 1.0,
+        poll_interval: float = 5.0,
     ) -> None:
         super().__init__()
         self._url = url
@@ -170,6 +172,9 @@ class PostgresStorage(RuntimeStorage):
                 f"Cannot use {self.description}: {type(exc).__name__}. Check that the server "
                 "is running and DATABASE_URL is right."
             ) from None
+        # Closed by close() to wake the listener, which sleeps until the
+        # server sends something instead of polling.
+        self._stop_read, self._stop_write = os.pipe()
         self._listener = threading.Thread(
             target=self._listen, name="fuseline-pg-listen", daemon=True
         )
@@ -234,8 +239,9 @@ class PostgresStorage(RuntimeStorage):
                     self.runs.fire()
                     self.listening.set()
                     while not self._stopped.is_set():
-                        for note in connection.notifies(timeout=0.2):
+                        for note in connection.notifies(timeout=0):
                             self._wake(note)
+                        select.select([connection.fileno(), self._stop_read], [], [])
             except psycopg.Error as exc:
                 self.listening.clear()
                 if self._stopped.is_set():
@@ -254,6 +260,11 @@ class PostgresStorage(RuntimeStorage):
 
     def close(self) -> None:
         """Stop listening and close the pool."""
+        if self._stopped.is_set():
+            return
         self._stopped.set()
+        os.close(self._stop_write)
         self._pool.close()
         self._listener.join(timeout=2)
+        if not self._listener.is_alive():
+            os.close(self._stop_read)

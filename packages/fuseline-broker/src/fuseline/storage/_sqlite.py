@@ -5,12 +5,14 @@ each write transaction starts with ``BEGIN IMMEDIATE``, which takes the
 database's single write lock, so reports, claims and expiries happen one
 after the other and no row lock is needed. Readers never wait for writers.
 
-SQLite has no notifications between processes. While anyone waits for work
-or for a run, a thread of the storage watches the file instead: every 50 ms
-it reads ``PRAGMA data_version``, a number that changes only when another
-connection committed, and only then looks (two index look-ups) whether a
-step was queued or a run finished since, to fire ``work`` or ``runs``. So a
-commit by another process wakes waiters within about 50 ms, while commits
+SQLite has no notifications between processes. Once anyone waited for work
+or for a run, a thread of the storage watches the file instead: it reads
+``PRAGMA data_version``, a number that changes only when another connection
+committed, every 50 ms while work comes (every 250 ms after a quiet spell
+of about a second), and only after a change looks (two index
+look-ups) whether a step was queued or a run finished since, to fire
+``work`` or ``runs``. So a commit by another process wakes waiters within
+about 50 ms while the broker is busy and 250 ms when it was idle, while commits
 that queue or finish nothing (an idle claim noting that its worker was
 seen) wake no one. This process's own commits are seen too; the second
 wake-up they give is one more look for waiters that were woken already.
@@ -38,7 +40,13 @@ T = TypeVar("T")
 log = logging.getLogger("fuseline.storage")
 
 _BUSY_TIMEOUT_MS = 30_000
+# The watch looks every 50 ms while work comes, and less often the longer
+# none comes, down to every 250 ms: on this path an idle
+# broker's wake-ups are most of what it costs, and the first change after a
+# quiet spell is rarely in a hurry.
 _WATCH_INTERVAL = 0.05
+_WATCH_INTERVAL_QUIET = 0.25
+_WATCH_BACKOFF = 1.5
 # The newest queued step and the newest finished run; both columns are the
 # first of a partial index, so this reads two index entries. A step is queued
 # (again) with ``ready_at`` set to the time, so a newer queued step means work.
@@ -67,6 +75,17 @@ def _migrate(connection: sqlite3.Connection) -> None:
     except BaseException:
         connection.execute("ROLLBACK")
         raise
+
+
+def next_watch_interval(interval: float, *, activity: bool) -> float:
+    """How long the file watch sleeps after a look that slept ``interval``.
+
+    Back to the shortest after work or a run's end was seen; longer and
+    longer, up to the longest, while nothing comes.
+    """
+    if activity:
+        return _WATCH_INTERVAL
+    return min(interval * _WATCH_BACKOFF, _WATCH_INTERVAL_QUIET)
 
 
 def _newer(before: Any, now: Any) -> bool:
@@ -121,21 +140,28 @@ class _FileWatch:
             # A waiter may have looked at the tables before this first look.
             work.fire()
             runs.fire()
-            while not self._stopped.wait(_WATCH_INTERVAL):
+            interval = _WATCH_INTERVAL
+            while not self._stopped.wait(interval):
                 try:
                     version = connection.execute("PRAGMA data_version").fetchone()[0]
                     if version == seen:
+                        interval = next_watch_interval(interval, activity=False)
                         continue
                     new_queued, new_finished = connection.execute(_NEWEST).fetchone()
                 except sqlite3.Error as exc:  # pragma: no cover - busy during recovery
                     log.debug("watching the SQLite file failed: %s", exc)
                     continue
                 seen = version
-                if _newer(queued, new_queued):
+                more_work = _newer(queued, new_queued)
+                run_ended = _newer(finished, new_finished)
+                if more_work:
                     work.fire()
-                if _newer(finished, new_finished):
+                if run_ended:
                     runs.fire()
                 queued, finished = new_queued, new_finished
+                # Only work and ends of runs make the watch keen again, not
+                # commits such as an idle claim noting that its worker was seen.
+                interval = next_watch_interval(interval, activity=more_work or run_ended)
         except sqlite3.Error as exc:  # pragma: no cover - the file became unreadable
             log.warning("Stopped watching the SQLite file for other processes' changes: %s", exc)
         finally:
@@ -186,11 +212,11 @@ class SQLiteStorage(_SQLiteBase):
             acknowledged change survives a power cut, not only a crash.
         poll_interval: How often a waiter looks at the tables although it
             heard of no change. Work queued by another process on the same
-            file is noticed within about 50 ms anyway, by watching the file.
+            file is noticed within 50 to 250 ms anyway, by watching the file.
     """
 
     def __init__(
-        self, path: str | Path, *, durable: bool = True, poll_interval: float = 1.0
+        self, path: str | Path, *, durable: bool = True, poll_interval: float = 5.0
     ) -> None:
         super().__init__()
         self.path = Path(path)

@@ -40,7 +40,14 @@ from fuseline.errors import (
     PayloadTooLargeError,
     WaitTimeoutError,
 )
-from fuseline.messages import KeepAliveReply, ReportBatchReply, ReportOutcome, StepReport
+from fuseline.messages import (
+    KeepAliveReply,
+    ReportBatchReply,
+    ReportOutcome,
+    RunDetails,
+    StepAssignment,
+    StepReport,
+)
 from fuseline.workflow import WorkflowSchema
 
 __all__ = [
@@ -61,7 +68,10 @@ __all__ = [
 ]
 
 # Long polls are cut into slices this long, so that a shutting-down process
-# answers its waiting workers within about a second instead of holding them.
+# answers its waiting workers within about a second instead of holding them,
+# and so that long polls waiting in line for a thread (all of them busy) get
+# one within about a second. A slice ends inside its thread: the event loop
+# hears of a long poll only when it is over or gives up its thread.
 WAIT_SLICE_SECONDS = 1.0
 _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
 
@@ -143,14 +153,36 @@ async def claim_steps(ctx: CallContext) -> Reply:
     body = ctx.body_as(ClaimRequest)
     worker_id = ctx.path["worker_id"]
     wait = min(body.wait, ctx.config.limits.max_wait_seconds)
+    if wait <= 0:
+        found = await ctx.run(ctx.broker.get_steps, worker_id, max_steps=body.max_steps)
+        return Reply(ClaimResponse(assignments=found))
     deadline = time.monotonic() + wait
     while True:
-        remaining = max(0.0, deadline - time.monotonic())
-        piece = min(remaining, WAIT_SLICE_SECONDS)
-        call = ctx.run_waiting if piece > 0 else ctx.run
-        found = await call(ctx.broker.get_steps, worker_id, max_steps=body.max_steps, wait=piece)
-        if found or piece >= remaining or ctx.state.stopping.is_set():
+        found, over = await ctx.run_waiting(
+            _claim_in_slices, ctx, worker_id, body.max_steps, deadline
+        )
+        if over:
             return Reply(ClaimResponse(assignments=found))
+        # Other long polls wait for a thread: this one goes back in line.
+
+
+def _claim_in_slices(
+    ctx: CallContext, worker_id: str, max_steps: int, deadline: float
+) -> tuple[list[StepAssignment], bool]:
+    """A long poll, in a waiting thread; also says whether it is over.
+
+    It stays in its thread from one slice to the next, which costs nothing,
+    and gives the thread up after a slice only when other long polls wait
+    in line for one (every thread busy), which is then over False.
+    """
+    while True:
+        remaining = deadline - time.monotonic()
+        piece = min(max(remaining, 0.0), WAIT_SLICE_SECONDS)
+        found = ctx.broker.get_steps(worker_id, max_steps=max_steps, wait=piece)
+        if found or piece >= remaining or ctx.state.stopping.is_set():
+            return found, True
+        if ctx.pools.waiting.crowded:
+            return found, False
 
 
 async def report_step(ctx: CallContext) -> Reply:
@@ -280,15 +312,32 @@ async def wait_for_run(ctx: CallContext) -> Reply:
     query = ctx.query_as(RunWaitQuery)
     run_id = ctx.path["run_id"]
     deadline = time.monotonic() + min(query.timeout, ctx.config.limits.max_wait_seconds)
+    while True:
+        details, over = await ctx.run_waiting(_await_run_in_slices, ctx, run_id, deadline)
+        if details is not None:
+            return Reply(details)
+        if over:
+            return Reply(await ctx.run(ctx.broker.get_run, run_id))
+
+
+def _await_run_in_slices(
+    ctx: CallContext, run_id: str, deadline: float
+) -> tuple[RunDetails | None, bool]:
+    """Wait for a run in a waiting thread, slice by slice, as ``_claim_in_slices`` does.
+
+    Returns the finished run, or None with whether the wait is over (time
+    is up or the process is stopping) or only gives up its thread.
+    """
     while not ctx.state.stopping.is_set():
         piece = min(deadline - time.monotonic(), WAIT_SLICE_SECONDS)
         if piece <= 0:
             break
         try:
-            return Reply(await ctx.run_waiting(ctx.broker.wait_for_run, run_id, timeout=piece))
+            return ctx.broker.wait_for_run(run_id, timeout=piece), True
         except WaitTimeoutError:
-            continue
-    return Reply(await ctx.run(ctx.broker.get_run, run_id))
+            if ctx.pools.waiting.crowded:
+                return None, False
+    return None, True
 
 
 async def cancel_run(ctx: CallContext) -> Reply:

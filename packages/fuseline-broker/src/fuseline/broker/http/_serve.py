@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -143,19 +144,17 @@ def _supervise(config: ServerConfig, target: StorageTarget, socket: Any) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-
-    status = 0
-    while not stop.is_set():
-        dead = [c for c in children if not c.is_alive()]
-        if dead:
-            log.error(
-                "Server process %s exited with status %s; stopping the broker.",
-                dead[0].name,
-                dead[0].exitcode,
-            )
-            status = 1
-            break
-        stop.wait(_POLL)
+    # A signal also writes a byte here, so that the wait below, which sleeps
+    # until a server process exits, wakes for it too: nothing is polled.
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    try:
+        status = _watch(children, stop, wake_read)
+    finally:
+        signal.set_wakeup_fd(-1)
+        os.close(wake_read)
+        os.close(wake_write)
 
     log.info("Stopping: requests in flight get up to %.1f s.", config.shutdown_grace)
     os.close(stop_write)
@@ -170,6 +169,26 @@ def _supervise(config: ServerConfig, target: StorageTarget, socket: Any) -> int:
             child.join()
     log.info("Stopped.")
     return status
+
+
+def _watch(
+    children: Sequence[multiprocessing.process.BaseProcess], stop: threading.Event, wake_read: int
+) -> int:
+    """Sleep until a signal asks to stop (0) or a server process exits on its own (1)."""
+    sentinels = [child.sentinel for child in children]
+    while not stop.is_set():
+        dead = [c for c in children if not c.is_alive()]
+        if dead:
+            log.error(
+                "Server process %s exited with status %s; stopping the broker.",
+                dead[0].name,
+                dead[0].exitcode,
+            )
+            return 1
+        ready = multiprocessing.connection.wait([*sentinels, wake_read])
+        if wake_read in ready:
+            os.read(wake_read, 512)
+    return 0
 
 
 def _server_process(

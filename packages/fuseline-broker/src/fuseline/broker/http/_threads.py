@@ -62,6 +62,11 @@ class ThreadLane:
         self._lock = threading.Lock()
         self._closed = False
 
+    @property
+    def crowded(self) -> bool:
+        """Whether calls are waiting in line because every thread is busy."""
+        return not self._line.empty()
+
     async def call(self, func: Callable[[], T]) -> T:
         """Run ``func`` in one of the lane's threads and return what it returns.
 
