@@ -196,6 +196,42 @@ def test_waiting_for_a_run_dispatched_here_reads_nothing(
     assert reads.count == 0  # nor before waiting, nor after: the finish handed it over
 
 
+def test_a_long_wait_in_short_pieces_reads_the_run_once_per_poll_interval(
+    patient: StorageBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # How the HTTP server waits: one-second slices of one long wait.
+    watching(patient)
+    run_id = patient.dispatch_workflow(SINGLE)
+    patient._unfinished.forget(run_id)  # as if another broker process dispatched it
+    reads = Reads(patient, monkeypatch)
+
+    for _ in range(3):
+        assert patient.await_run(run_id, timeout=0.05) is None
+
+    assert reads.count == 1  # the first piece read it unfinished; the others trusted that
+
+
+def test_a_piece_of_a_wait_still_reads_a_run_that_may_have_ended(
+    patient: StorageBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watching(patient)
+    worker = HandWorker(patient, [SINGLE])
+    waited = patient.dispatch_workflow(SINGLE)
+    assert patient.await_run(waited, timeout=0.05) is None
+    other = patient.dispatch_workflow(SINGLE)
+    step = worker.claim()
+    assert step is not None and step.instance_id == waited
+    worker.succeed(step, 3)  # a run ended: what was seen unfinished may not be any more
+    patient._finished.clear()  # as if it ended in another broker process
+    reads = Reads(patient, monkeypatch)
+
+    details = patient.await_run(waited, timeout=0.05)
+
+    assert details is not None and details.result == {"only": 3}
+    assert reads.count == 1
+    assert patient.await_run(other, timeout=0.05) is None
+
+
 def test_a_wait_that_times_out_still_says_how_far_the_run_got(
     patient: StorageBroker,
 ) -> None:

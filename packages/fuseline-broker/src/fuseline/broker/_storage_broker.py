@@ -475,36 +475,53 @@ class StorageBroker(Broker):
         Raises:
             WaitTimeoutError: ``timeout`` seconds passed first.
         """
+        details = self.await_run(run_id, timeout)
+        if details is not None:
+            return details
+        details = self.get_run(run_id)
+        if details.status.is_terminal:
+            return details
+        raise WaitTimeoutError(
+            f"Run {run_id!r} is still {details.status.value} after {timeout:g} s.",
+            details={"run_id": run_id, "status": details.status.value},
+        )
+
+    def await_run(self, run_id: str, timeout: float | None = None) -> RunDetails | None:
+        """The run once it is finished, or None when ``timeout`` seconds passed first.
+
+        Unlike :meth:`wait_for_run` it reads nothing when the time is up, and
+        a run it read unfinished is not read again while no run ended since
+        and for one poll interval, so that a long wait made of many short
+        ones (the HTTP server's slices) reads the run once per poll interval.
+
+        Raises:
+            RunNotFoundError: No such run.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             since = self.storage.runs.generation
             details = self._finished.get(run_id)
+            if details is not None:
+                return details
             now = time.monotonic()
-            # A run dispatched here that no commit can have ended since: no
-            # need to read it before waiting.
-            unfinished_until = None if details else self._unfinished.still_holds(run_id, since, now)
+            # A run dispatched here, or read unfinished, that no commit can
+            # have ended since: no need to read it before waiting.
+            unfinished_until = self._unfinished.still_holds(run_id, since, now)
             if unfinished_until is None:
-                details = details or self.get_run(run_id)
+                details = self.get_run(run_id)
                 if details.status.is_terminal:
                     return details
                 unfinished_until = now + self.storage.poll_interval
+                self._unfinished.saw(run_id, since, unfinished_until)
             remaining = 3600.0 if deadline is None else deadline - now
-            if remaining > 0:
-                self._reap_if_due()
-                hinted = self.storage.runs.wait(
-                    since, min(remaining, max(unfinished_until - now, 0.0))
-                )
-                # Unless a run finished meanwhile, a last look at the deadline
-                # would only cost a transaction.
-                if hinted or deadline is None or time.monotonic() < deadline:
-                    continue
-            details = details or self.get_run(run_id)
-            if details.status.is_terminal:
-                return details
-            raise WaitTimeoutError(
-                f"Run {run_id!r} is still {details.status.value} after {timeout:g} s.",
-                details={"run_id": run_id, "status": details.status.value},
-            )
+            if remaining <= 0:
+                return None
+            self._reap_if_due()
+            hinted = self.storage.runs.wait(since, min(remaining, max(unfinished_until - now, 0.0)))
+            # Unless a run finished meanwhile, a last look at the deadline
+            # would only cost a transaction.
+            if not hinted and deadline is not None and time.monotonic() >= deadline:
+                return None
 
     def list_runs(
         self,

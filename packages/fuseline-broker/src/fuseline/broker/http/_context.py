@@ -85,6 +85,10 @@ class FullBroker(Protocol):
         """Wait for a run to finish."""
         ...
 
+    def await_run(self, run_id: str, timeout: float | None = None) -> RunDetails | None:
+        """Wait for a run to finish; None when the time ran out first."""
+        ...
+
     def list_runs(
         self,
         *,

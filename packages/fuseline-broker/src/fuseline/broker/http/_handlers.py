@@ -38,7 +38,6 @@ from fuseline.errors import (
     InvalidInputError,
     LeaseConflictError,
     PayloadTooLargeError,
-    WaitTimeoutError,
 )
 from fuseline.messages import (
     KeepAliveReply,
@@ -332,11 +331,11 @@ def _await_run_in_slices(
         piece = min(deadline - time.monotonic(), WAIT_SLICE_SECONDS)
         if piece <= 0:
             break
-        try:
-            return ctx.broker.wait_for_run(run_id, timeout=piece), True
-        except WaitTimeoutError:
-            if ctx.pools.waiting.crowded:
-                return None, False
+        details = ctx.broker.await_run(run_id, timeout=piece)
+        if details is not None:
+            return details, True
+        if ctx.pools.waiting.crowded:
+            return None, False
     return None, True
 
 
