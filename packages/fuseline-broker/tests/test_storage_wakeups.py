@@ -126,3 +126,22 @@ def test_a_closed_postgres_storage_stops_listening_at_once(postgres_url: str) ->
     storage.close()
     assert not listener.is_alive()
     storage.close()  # a second close is harmless
+
+
+def test_a_postgres_listener_whose_connection_is_cut_listens_again(postgres_url: str) -> None:
+    storage = PostgresStorage(postgres_url)
+    try:
+        assert storage.listening.wait(10), "the storage's listener never connected"
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            cut = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN%%'"
+            ).fetchall()
+            assert cut == [(True,)]
+            wait_until(lambda: not storage.listening.is_set(), "the listener to notice the cut")
+            wait_until(storage.listening.is_set, "the listener to connect again")
+            before = storage.work.generation
+            admin.execute("NOTIFY fuseline_work, 'from-elsewhere'")
+        wait_until(lambda: storage.work.generation > before, "the notification to be heard")
+    finally:
+        storage.close()

@@ -17,9 +17,9 @@ its own notifications, since it woke its own waiters right after the commit.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import select
+import selectors
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -172,9 +172,9 @@ class PostgresStorage(RuntimeStorage):
                 f"Cannot use {self.description}: {type(exc).__name__}. Check that the server "
                 "is running and DATABASE_URL is right."
             ) from None
-        # Closed by close() to wake the listener, which sleeps until the
-        # server sends something instead of polling.
-        self._stop_read, self._stop_write = os.pipe()
+        # close() closes one end to wake the listener, which sleeps until the
+        # server or close() sends something instead of polling.
+        self._stop_sender, self._stop_receiver = socket.socketpair()
         self._listener = threading.Thread(
             target=self._listen, name="fuseline-pg-listen", daemon=True
         )
@@ -238,10 +238,13 @@ class PostgresStorage(RuntimeStorage):
                     self.work.fire()
                     self.runs.fire()
                     self.listening.set()
-                    while not self._stopped.is_set():
-                        for note in connection.notifies(timeout=0):
-                            self._wake(note)
-                        select.select([connection.fileno(), self._stop_read], [], [])
+                    with selectors.DefaultSelector() as selector:
+                        selector.register(connection.fileno(), selectors.EVENT_READ)
+                        selector.register(self._stop_receiver, selectors.EVENT_READ)
+                        while not self._stopped.is_set():
+                            for note in connection.notifies(timeout=0):
+                                self._wake(note)
+                            selector.select()
             except psycopg.Error as exc:
                 self.listening.clear()
                 if self._stopped.is_set():
@@ -263,8 +266,8 @@ class PostgresStorage(RuntimeStorage):
         if self._stopped.is_set():
             return
         self._stopped.set()
-        os.close(self._stop_write)
+        self._stop_sender.close()
         self._pool.close()
         self._listener.join(timeout=2)
         if not self._listener.is_alive():
-            os.close(self._stop_read)
+            self._stop_receiver.close()
