@@ -315,7 +315,7 @@ class StorageBroker(Broker):
                 hinted = True
             if not hinted and time.monotonic() >= deadline:
                 # Nothing was made ready since the last look: looking again
-                # would only cost a transaction (idle workers ask every second).
+                # would only cost a transaction (the HTTP server asks again every second).
                 return []
 
     def report_step(
