@@ -43,7 +43,11 @@ def test_flags_win_over_the_environment() -> None:
 def test_broker_settings_reach_the_broker(tmp_path: Path) -> None:
     from fuseline.broker.http._storage import open_broker
 
-    env = {"FUSELINE_DEFAULT_LEASE_SECONDS": "12.5", "FUSELINE_RETENTION_DAYS": "7"}
+    env = {
+        "FUSELINE_DEFAULT_LEASE_SECONDS": "12.5",
+        "FUSELINE_RETENTION_DAYS": "7",
+        "FUSELINE_POLL_INTERVAL_SECONDS": "2.5",
+    }
     config = parse_config(["--max-attempts", "5"], env)
     assert (config.default_lease, config.max_attempts, config.retention_days) == (12.5, 5, 7.0)
     broker = open_broker(storage_target(f"sqlite:///{tmp_path / 'b.db'}"), config)
@@ -51,6 +55,7 @@ def test_broker_settings_reach_the_broker(tmp_path: Path) -> None:
         assert broker.default_lease == 12.5  # type: ignore[attr-defined]
         assert broker.default_max_attempts == 5  # type: ignore[attr-defined]
         assert broker.retention == 7 * 86400  # type: ignore[attr-defined]
+        assert broker.storage.poll_interval == 2.5  # type: ignore[attr-defined]
     finally:
         broker.close()
     defaults = parse_config([], {})
@@ -59,6 +64,7 @@ def test_broker_settings_reach_the_broker(tmp_path: Path) -> None:
         3,
         None,
     )
+    assert defaults.poll_interval == 5.0
 
 
 def test_tokens_come_from_flags_variables_and_files(tmp_path: Path) -> None:
@@ -86,6 +92,7 @@ def test_tokens_come_from_flags_variables_and_files(tmp_path: Path) -> None:
         (["--default-lease", "0"], {}, "--default-lease"),
         (["--max-attempts", "0"], {}, "--max-attempts"),
         ([], {"FUSELINE_RETENTION_DAYS": "-1"}, "--retention-days"),
+        (["--poll-interval", "0"], {}, "--poll-interval"),
         (["--max-result-bytes", "99999999999"], {}, "--max-result-bytes"),
         (["--log-level", "chatty"], {}, "--log-level"),
         ([], {"FUSELINE_TOKEN_FILE": "/nonexistent/token"}, "cannot read"),

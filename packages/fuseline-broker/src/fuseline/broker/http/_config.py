@@ -64,6 +64,9 @@ class ServerConfig:
         max_attempts: Hand-outs of a step without a retry policy before an
             expired lease fails it.
         retention_days: Delete finished runs older than this; None keeps them.
+        poll_interval: Seconds a waiting long poll relies on the wake-up
+            signals (``NOTIFY``, the SQLite file watch) before it looks at the
+            database itself.
     """
 
     host: str = "127.0.0.1"
@@ -82,6 +85,7 @@ class ServerConfig:
     default_lease: float = 30.0
     max_attempts: int = 3
     retention_days: float | None = None
+    poll_interval: float = 5.0
 
     @property
     def auth_enabled(self) -> bool:
@@ -246,6 +250,13 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="FUSELINE_RETENTION_DAYS: delete finished runs older than this (default: keep)",
     )
     parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=default("FUSELINE_POLL_INTERVAL_SECONDS", "5"),
+        help="FUSELINE_POLL_INTERVAL_SECONDS: how long a waiting long poll relies on wake-up "
+        "signals before it looks at the database itself",
+    )
+    parser.add_argument(
         "--no-docs",
         action="store_true",
         default=env.get("FUSELINE_DOCS", "1") in ("0", "false", "no"),
@@ -303,6 +314,7 @@ def parse_config(
         default_lease=args.default_lease,
         max_attempts=args.max_attempts,
         retention_days=args.retention_days,
+        poll_interval=args.poll_interval,
     )
     check_config(config)
     return config
@@ -341,6 +353,8 @@ def check_config(config: ServerConfig) -> None:
         raise ConfigError("--max-attempts must be between 1 and 1000.")
     if config.retention_days is not None and config.retention_days <= 0:
         raise ConfigError("--retention-days must be a positive number of days.")
+    if not 0.05 <= config.poll_interval <= 60:
+        raise ConfigError("--poll-interval must be between 0.05 and 60 seconds.")
     _check_tokens(config.worker_tokens, "worker")
     _check_tokens(config.client_tokens, "client")
     url = config.database_url or ""

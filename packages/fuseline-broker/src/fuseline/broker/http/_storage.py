@@ -87,6 +87,11 @@ def open_broker(target: StorageTarget, config: ServerConfig | None = None) -> Br
     }
     if target.kind == "memory":
         return broker.MemoryBroker(**options)
+    made: broker.StorageBroker
     if target.kind == "sqlite":
-        return broker.SQLiteBroker(path=target.location, **options)
-    return broker.PostgresBroker(target.location, **options)
+        made = broker.SQLiteBroker(path=target.location, **options)
+    else:
+        made = broker.PostgresBroker(target.location, **options)
+    # Only other processes can change a database unheard; memory has none.
+    made.storage.poll_interval = settings.poll_interval
+    return made
