@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import quote
 
 from fuseline.broker.http._context import CallContext, Reply
@@ -72,6 +74,7 @@ __all__ = [
 # one within about a second. A slice ends inside its thread: the event loop
 # hears of a long poll only when it is over or gives up its thread.
 WAIT_SLICE_SECONDS = 1.0
+T = TypeVar("T")
 _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
@@ -156,32 +159,40 @@ async def claim_steps(ctx: CallContext) -> Reply:
         found = await ctx.run(ctx.broker.get_steps, worker_id, max_steps=body.max_steps)
         return Reply(ClaimResponse(assignments=found))
     deadline = time.monotonic() + wait
+
+    def claim(piece: float) -> list[StepAssignment]:
+        return ctx.broker.get_steps(worker_id, max_steps=body.max_steps, wait=piece)
+
+    claimed: list[StepAssignment] | None
     while True:
-        found, over = await ctx.run_waiting(
-            _claim_in_slices, ctx, worker_id, body.max_steps, deadline
-        )
+        claimed, over = await ctx.run_waiting(_in_slices, ctx, deadline, claim)
         if over:
-            return Reply(ClaimResponse(assignments=found))
+            return Reply(ClaimResponse(assignments=claimed or []))
         # Other long polls wait for a thread: this one goes back in line.
 
 
-def _claim_in_slices(
-    ctx: CallContext, worker_id: str, max_steps: int, deadline: float
-) -> tuple[list[StepAssignment], bool]:
-    """A long poll, in a waiting thread; also says whether it is over.
+def _in_slices(
+    ctx: CallContext, deadline: float, wait: Callable[[float], T]
+) -> tuple[T | None, bool]:
+    """A long poll, in a waiting thread: ``wait(seconds)`` slice after slice.
 
-    It stays in its thread from one slice to the next, which costs nothing,
-    and gives the thread up after a slice only when other long polls wait
-    in line for one (every thread busy), which is then over False.
+    It stays in its thread from one slice to the next, which costs nothing.
+    Returns what a slice found (or None) and whether the poll is over:
+    something was found, the time is up or the process is stopping. Over is
+    False when it gives its thread up after a slice because other long polls
+    wait in line for one (every thread busy).
     """
-    while True:
+    while not ctx.state.stopping.is_set():
         remaining = deadline - time.monotonic()
-        piece = min(max(remaining, 0.0), WAIT_SLICE_SECONDS)
-        found = ctx.broker.get_steps(worker_id, max_steps=max_steps, wait=piece)
-        if found or piece >= remaining or ctx.state.stopping.is_set():
-            return found, True
+        if remaining <= 0:
+            break
+        piece = min(remaining, WAIT_SLICE_SECONDS)
+        found = wait(piece)
+        if found or piece >= remaining:
+            return found or None, True
         if ctx.pools.waiting.crowded:
-            return found, False
+            return None, False
+    return None, True
 
 
 async def report_step(ctx: CallContext) -> Reply:
@@ -311,32 +322,16 @@ async def wait_for_run(ctx: CallContext) -> Reply:
     query = ctx.query_as(RunWaitQuery)
     run_id = ctx.path["run_id"]
     deadline = time.monotonic() + min(query.timeout, ctx.config.limits.max_wait_seconds)
+
+    def wait(piece: float) -> RunDetails | None:
+        return ctx.broker.await_run(run_id, timeout=piece)
+
     while True:
-        details, over = await ctx.run_waiting(_await_run_in_slices, ctx, run_id, deadline)
+        details, over = await ctx.run_waiting(_in_slices, ctx, deadline, wait)
         if details is not None:
             return Reply(details)
         if over:
             return Reply(await ctx.run(ctx.broker.get_run, run_id))
-
-
-def _await_run_in_slices(
-    ctx: CallContext, run_id: str, deadline: float
-) -> tuple[RunDetails | None, bool]:
-    """Wait for a run in a waiting thread, slice by slice, as ``_claim_in_slices`` does.
-
-    Returns the finished run, or None with whether the wait is over (time
-    is up or the process is stopping) or only gives up its thread.
-    """
-    while not ctx.state.stopping.is_set():
-        piece = min(deadline - time.monotonic(), WAIT_SLICE_SECONDS)
-        if piece <= 0:
-            break
-        details = ctx.broker.await_run(run_id, timeout=piece)
-        if details is not None:
-            return details, True
-        if ctx.pools.waiting.crowded:
-            return None, False
-    return None, True
 
 
 async def cancel_run(ctx: CallContext) -> Reply:
