@@ -16,6 +16,7 @@ its own notifications, since it woke its own waiters right after the commit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import selectors
@@ -49,6 +50,10 @@ _WORK_CHANNEL = "fuseline_work"
 _RUNS_CHANNEL = "fuseline_runs"
 _MIGRATION_LOCK = 7_346_112_901  # any constant: serialises migrations across processes
 _RETRIES = 5
+_IN_TRANSACTION = (
+    psycopg.pq.TransactionStatus.INTRANS,
+    psycopg.pq.TransactionStatus.INERROR,
+)
 
 
 def safe_url(url: str) -> str:
@@ -68,9 +73,14 @@ class _PgTransaction(SqlTransaction):
     A statement whose result nothing reads (an update, an insert, a NOTIFY)
     waits until the transaction next reads or commits. The writes held by
     then go to the server together, in order, in pipeline mode, followed in
-    the same round trip by the read that needs them. A report
-    writes three rows per step, so a batch of reports saves most of its
-    round trips this way.
+    the same round trip by the read that needs them, or by ``COMMIT``. A
+    report writes three rows per step, so a batch of reports saves most of
+    its round trips this way.
+
+    The connection is in autocommit mode and the transaction sends its own
+    ``BEGIN`` and ``COMMIT``: ``BEGIN`` is held like a write, so it travels
+    with the first statement, and ``COMMIT`` travels with the last writes.
+    psycopg's ``transaction()`` would send each alone, two round trips more.
     """
 
     def __init__(
@@ -78,7 +88,9 @@ class _PgTransaction(SqlTransaction):
     ) -> None:
         super().__init__(connection, POSTGRESQL, clock)
         self._pg = connection
-        self._held: list[tuple[str, tuple[Any, ...]]] = []
+        self._held: list[tuple[str, tuple[Any, ...]]] = [("BEGIN", ())]
+        # Whether BEGIN went out: a transaction that sent nothing has nothing to end.
+        self._open = False
         # Sent as the NOTIFY payload, so that this process's listener can skip
         # its own notifications: this process already woke its waiters.
         self._sender = sender
@@ -91,6 +103,7 @@ class _PgTransaction(SqlTransaction):
             return super()._execute(statement, params)
         # The writes held so far go ahead of this statement, in the same round trip.
         held, self._held = self._held, []
+        self._open = True
         with self._pg.pipeline():
             for write, values in held:
                 self._pg.execute(write, values)
@@ -100,12 +113,28 @@ class _PgTransaction(SqlTransaction):
         if not self._held:
             return
         held, self._held = self._held, []
+        self._open = True
         if len(held) == 1:
             self._pg.execute(*held[0])
             return
         with self._pg.pipeline():
             for statement, params in held:
                 self._pg.execute(statement, params)
+
+    def commit(self) -> None:
+        """Send the writes still held and ``COMMIT``, in one round trip."""
+        if not self._open and len(self._held) == 1:
+            self._held = []  # only the BEGIN: nothing was asked of the server
+            return
+        self._held.append(("COMMIT", ()))
+        self.flush()
+
+    def rollback(self) -> None:
+        """End a transaction that failed; a broken connection is left to the pool."""
+        self._held = []
+        if self._pg.info.transaction_status in _IN_TRANSACTION:
+            with contextlib.suppress(psycopg.Error):
+                self._pg.execute("ROLLBACK")
 
     def before_commit(self) -> None:
         super().before_commit()
@@ -160,6 +189,8 @@ class PostgresStorage(RuntimeStorage):
             min_size=min_connections,
             max_size=max_connections,
             timeout=request_timeout,
+            # Transactions send their own BEGIN and COMMIT (see _PgTransaction).
+            kwargs={"autocommit": True},
             open=False,
             name="fuseline",
         )
@@ -216,10 +247,13 @@ class PostgresStorage(RuntimeStorage):
     def _attempt(self, body: Callable[[StorageTransaction], T]) -> T:
         with self._pool.connection() as connection:
             transaction = _PgTransaction(connection, time.time, self._sender)
-            with connection.transaction():
+            try:
                 result = body(transaction)
                 transaction.before_commit()
-                transaction.flush()
+                transaction.commit()
+            except BaseException:
+                transaction.rollback()
+                raise
         self._committed(transaction)
         return result
 
