@@ -55,15 +55,15 @@ def read_stamps(prefix: Path) -> list[Stamp]:
 
 
 def windows(stamps: list[Stamp]) -> list[tuple[int, int]]:
-    """(dispatch, result) times of the runs the client dispatched and then waited for."""
+    """(dispatch, result) times of the runs the client started with ``run_workflow``."""
     found = []
     dispatched = None
     for ns, role, label, thread in stamps:
         if role != "C" or thread != "MainThread":
             continue
-        if label == "HttpBrokerClient.dispatch_workflow>":
+        if label == "HttpBrokerClient.run_workflow>":
             dispatched = ns
-        elif label == "HttpBrokerClient.wait_for_run<" and dispatched is not None:
+        elif label == "HttpBrokerClient.run_workflow<" and dispatched is not None:
             found.append((dispatched, ns))
             dispatched = None
     return found

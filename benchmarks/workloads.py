@@ -212,8 +212,7 @@ def latency(
     for n in range(first_input, first_input + runs):
         sent = time.time()
         started = time.perf_counter()
-        run_id = client.dispatch_workflow(schema, {"n": n})
-        run = client.wait_for_run(run_id, timeout=timeout)
+        run = client.run_workflow(schema, {"n": n}, timeout=timeout)
         result.milliseconds.append((time.perf_counter() - started) * 1000)
         received = time.time()
         finished.append((n, run))

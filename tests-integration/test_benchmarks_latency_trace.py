@@ -34,8 +34,8 @@ def test_a_traced_quick_run_lines_up_every_process_on_one_clock(tmp_path: Path) 
     labels = [(m[3], m[4]) for m in stamps if m]
     # One run, end to end: dispatched and answered in the client, handled by
     # the broker, run by a worker, in that order on the shared clock.
-    assert labels[0] == ("C", "HttpBrokerClient.dispatch_workflow>")
-    assert labels[-1] == ("C", "HttpBrokerClient.wait_for_run<")
+    assert labels[0] == ("C", "HttpBrokerClient.run_workflow>")
+    assert labels[-1] == ("C", "HttpBrokerClient.run_workflow<")
     for expected in [
         ("B", "StorageBroker.dispatch_workflow>"),
         ("B", "SQLiteStorage.atomic<"),

@@ -32,7 +32,7 @@ from typing import Any
 # module: (class, method) pairs whose calls are stamped.
 TRACED: dict[str, list[tuple[str, str]]] = {
     "fuseline.clients._http": [
-        ("HttpBrokerClient", "dispatch_workflow"),
+        ("HttpBrokerClient", "run_workflow"),
         ("HttpBrokerClient", "wait_for_run"),
         ("HttpBrokerClient", "get_steps"),
         ("HttpBrokerClient", "report_step"),

@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from broker_contract_support import backend, broker, durable_backend
-from http_server_support import http_server
+from http_server_support import http_server, server
 from postgres_support import postgres_admin_url, postgres_url
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "http_server",
     "postgres_admin_url",
     "postgres_url",
+    "server",
 ]

@@ -211,3 +211,17 @@ def http_server(tmp_path: Path) -> Iterator[ServerFactory]:
 
     yield factory
     _stop_all(started)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+)
+def server(
+    request: pytest.FixtureRequest, http_server: ServerFactory, tmp_path: Path
+) -> RunningServer:
+    """One server, over the embedded SQLite backend and again over PostgreSQL."""
+    if request.param == "postgres":
+        database_url = request.getfixturevalue("postgres_url")
+    else:
+        database_url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    return http_server(database_url=database_url)

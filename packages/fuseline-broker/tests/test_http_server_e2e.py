@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,18 +24,6 @@ from fuseline.errors import (
     WorkflowNotFoundError,
 )
 from fuseline.messages import StepAssignment
-
-
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-)
-def server(request: pytest.FixtureRequest, http_server: Any, tmp_path: Path) -> RunningServer:
-    if request.param == "postgres":
-        database_url = request.getfixturevalue("postgres_url")
-    else:
-        database_url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
-    started: RunningServer = http_server(database_url=database_url)
-    return started
 
 
 class Classify(Step):

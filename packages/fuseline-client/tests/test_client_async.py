@@ -137,3 +137,24 @@ def test_run_workflow_dispatches_then_waits() -> None:
             return (await client.run_workflow(SCHEMA, {"x": 1}, timeout=5)).status
 
     assert asyncio.run(scenario()) is Status.SUCCEEDED
+
+
+def test_run_workflow_takes_the_run_from_a_dispatch_that_waited() -> None:
+    class Waiting(Broker):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/v1/runs" and "wait" in request.url.params:
+                self.requests.append(request)
+                body = {"run_id": "r1", "workflow_id": "flow", "workflow_version": "1"}
+                return httpx.Response(201, json={**body, "run": run_json("SUCCEEDED")})
+            return super().__call__(request)
+
+    broker = Waiting()
+
+    async def scenario() -> Status:
+        async with make(broker) as client:
+            return (await client.run_workflow(SCHEMA, {"x": 1}, timeout=5)).status
+
+    assert asyncio.run(scenario()) is Status.SUCCEEDED
+    # One request: the dispatch asked to wait (at most the client's cap per request).
+    assert [r.url.path for r in broker.requests] == ["/v1/runs"]
+    assert float(broker.requests[0].url.params["wait"]) == pytest.approx(0.01)

@@ -21,12 +21,12 @@ from fuseline.clients._http_common import (
     build_request,
     check_wait,
     claim_size,
-    dispatch_request,
+    dispatch_body,
     make_backoff,
     new_idempotency_key,
 )
 from fuseline.clients._retry import Backoff, reached_server, retry_after_seconds
-from fuseline.clients.wire import DispatchRequest, DispatchSchema, DispatchStored, Health
+from fuseline.clients.wire import DispatchRequest, Health
 from fuseline.messages import (
     KeepAliveReply,
     ReportBatchReply,
@@ -185,10 +185,7 @@ class AsyncHttpBrokerClient:
         idempotency_key: str | None = None,
     ) -> str:
         """Start a run and return its id (the same id again for a repeated key)."""
-        request = dispatch_request(
-            lambda: DispatchRequest(DispatchSchema(workflow=workflow, inputs=inputs or {}))
-        )
-        return await self._dispatch(request, idempotency_key)
+        return await self._dispatch(dispatch_body(workflow, inputs, None), idempotency_key)
 
     async def dispatch(
         self,
@@ -200,13 +197,7 @@ class AsyncHttpBrokerClient:
     ) -> str:
         """Start a run of a schema, a ``Workflow`` or a stored workflow id; return its id."""
         if isinstance(workflow, str):
-            workflow_id = workflow
-            request = dispatch_request(
-                lambda: DispatchRequest(
-                    DispatchStored(workflow_id=workflow_id, version=version, inputs=inputs or {})
-                )
-            )
-            return await self._dispatch(request, idempotency_key)
+            return await self._dispatch(dispatch_body(workflow, inputs, version), idempotency_key)
         return await self.dispatch_workflow(
             schema_of(workflow, version), inputs, idempotency_key=idempotency_key
         )
@@ -222,13 +213,23 @@ class AsyncHttpBrokerClient:
     ) -> RunDetails:
         """Dispatch a run and wait for it to finish.
 
+        The dispatch itself waits at the broker, so a run that finishes within
+        one long poll costs a single request.
+
         Raises:
             WaitTimeoutError: ``timeout`` seconds passed before the run finished.
         """
-        run_id = await self.dispatch(
-            workflow, inputs, version=version, idempotency_key=idempotency_key
-        )
-        return await self.wait_for_run(run_id, timeout=timeout)
+        deadline = Deadline(timeout)
+        request = dispatch_body(workflow, inputs, version)
+        key = idempotency_key or new_idempotency_key()
+        asked = deadline.remaining(self._settings.max_wait)
+        created = await self._execute(calls.dispatch(request, key, asked))
+        run = created.run
+        if run is not None and run.status.is_terminal:
+            return run
+        if deadline.passed:
+            raise deadline.timed_out(run or await self.get_run(created.run_id))
+        return await self._wait(created.run_id, deadline)
 
     async def _dispatch(self, request: DispatchRequest, idempotency_key: str | None) -> str:
         key = idempotency_key or new_idempotency_key()
@@ -244,7 +245,9 @@ class AsyncHttpBrokerClient:
         Raises:
             WaitTimeoutError: ``timeout`` seconds passed first.
         """
-        deadline = Deadline(timeout)
+        return await self._wait(run_id, Deadline(timeout))
+
+    async def _wait(self, run_id: str, deadline: Deadline) -> RunDetails:
         while True:
             asked = deadline.remaining(self._settings.max_wait)
             started = time.monotonic()

@@ -20,13 +20,13 @@ from fuseline.clients._http_common import (
     build_request,
     check_wait,
     claim_size,
-    dispatch_request,
+    dispatch_body,
     make_backoff,
     new_idempotency_key,
 )
 from fuseline.clients._plain_http import PlainHttp, Reply, plain_http_usable
 from fuseline.clients._retry import Backoff, reached_server, retry_after_seconds
-from fuseline.clients.wire import DispatchRequest, DispatchSchema, DispatchStored, Health
+from fuseline.clients.wire import DispatchRequest, Health
 from fuseline.messages import (
     KeepAliveReply,
     ReportBatchReply,
@@ -201,10 +201,7 @@ class HttpBrokerClient(BrokerClient):
         idempotency_key: str | None = None,
     ) -> str:
         """Start a run and return its id (the same id again for a repeated key)."""
-        request = dispatch_request(
-            lambda: DispatchRequest(DispatchSchema(workflow=workflow, inputs=inputs or {}))
-        )
-        return self._dispatch(request, idempotency_key)
+        return self._dispatch(dispatch_body(workflow, inputs, None), idempotency_key)
 
     def dispatch(
         self,
@@ -220,16 +217,39 @@ class HttpBrokerClient(BrokerClient):
         version unless ``version`` is given), in the same request.
         """
         if isinstance(workflow, str):
-            workflow_id = workflow
-            request = dispatch_request(
-                lambda: DispatchRequest(
-                    DispatchStored(workflow_id=workflow_id, version=version, inputs=inputs or {})
-                )
-            )
-            return self._dispatch(request, idempotency_key)
+            return self._dispatch(dispatch_body(workflow, inputs, version), idempotency_key)
         return self.dispatch_workflow(
             schema_of(workflow, version), inputs, idempotency_key=idempotency_key
         )
+
+    def run_workflow(
+        self,
+        workflow: WorkflowRef,
+        inputs: dict[str, Any] | None = None,
+        *,
+        version: str | None = None,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunDetails:
+        """Dispatch a run and wait for it to finish; see :meth:`dispatch`.
+
+        The dispatch itself waits at the broker, so a run that finishes within
+        one long poll costs a single request.
+
+        Raises:
+            WaitTimeoutError: ``timeout`` seconds passed before the run finished.
+        """
+        deadline = Deadline(timeout)
+        request = dispatch_body(workflow, inputs, version)
+        key = idempotency_key or new_idempotency_key()
+        asked = deadline.remaining(self._settings.max_wait)
+        created = self._execute(calls.dispatch(request, key, asked))
+        run = created.run
+        if run is not None and run.status.is_terminal:
+            return run
+        if deadline.passed:
+            raise deadline.timed_out(run or self.get_run(created.run_id))
+        return self._wait(created.run_id, deadline)
 
     def _dispatch(self, request: DispatchRequest, idempotency_key: str | None) -> str:
         key = idempotency_key or new_idempotency_key()
@@ -245,7 +265,9 @@ class HttpBrokerClient(BrokerClient):
         Raises:
             WaitTimeoutError: ``timeout`` seconds passed first.
         """
-        deadline = Deadline(timeout)
+        return self._wait(run_id, Deadline(timeout))
+
+    def _wait(self, run_id: str, deadline: Deadline) -> RunDetails:
         while True:
             asked = deadline.remaining(self._settings.max_wait)
             started = time.monotonic()

@@ -189,8 +189,12 @@ def list_workers() -> Call[list[WorkerInfo]]:
 # -- applications ----------------------------------------------------------------------
 
 
-def dispatch(request: DispatchRequest, idempotency_key: str) -> Call[RunCreated]:
-    """``POST /v1/runs``: always with a key, so that repeating it is safe."""
+def dispatch(request: DispatchRequest, idempotency_key: str, wait: float = 0.0) -> Call[RunCreated]:
+    """``POST /v1/runs[?wait=...]``: always with a key, so that repeating it is safe.
+
+    With ``wait`` the broker answers once the run is finished or the wait is
+    over, with the run in the answer's ``run``.
+    """
     target = request.root
     inputs = to_json_value(target.inputs, what="workflow inputs")
     plain = DispatchRequest(target.model_copy(update={"inputs": inputs}))
@@ -199,8 +203,10 @@ def dispatch(request: DispatchRequest, idempotency_key: str) -> Call[RunCreated]
         f"{API_PREFIX}/runs",
         _model(RunCreated),
         body=_json(plain),
+        params={"wait": _seconds(wait)} if wait > 0 else {},
         headers={IDEMPOTENCY_HEADER: idempotency_key},
         retry_safe=True,
+        wait=wait,
     )
 
 

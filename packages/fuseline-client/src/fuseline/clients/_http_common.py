@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 import httpx
 import pydantic
 
+from fuseline.clients._base import WorkflowRef, schema_of
 from fuseline.clients._http_calls import Call
 from fuseline.clients._retry import Backoff
-from fuseline.clients.wire import MAX_CLAIM_STEPS, DispatchRequest
+from fuseline.clients.wire import MAX_CLAIM_STEPS, DispatchRequest, DispatchSchema, DispatchStored
 from fuseline.errors import BrokerUnavailableError, InvalidInputError, WaitTimeoutError
 from fuseline.messages import RunDetails
 
@@ -25,6 +26,7 @@ __all__ = [
     "build_request",
     "check_wait",
     "claim_size",
+    "dispatch_body",
     "dispatch_request",
     "make_backoff",
     "new_idempotency_key",
@@ -146,6 +148,23 @@ def dispatch_request(build: Callable[[], DispatchRequest]) -> DispatchRequest:
         return build()
     except pydantic.ValidationError as exc:
         raise InvalidInputError(f"Invalid dispatch request: {exc}") from None
+
+
+def dispatch_body(
+    workflow: WorkflowRef, inputs: dict[str, Any] | None, version: str | None
+) -> DispatchRequest:
+    """The body that starts a run of a schema, a ``Workflow`` or a stored workflow id."""
+    if isinstance(workflow, str):
+        workflow_id = workflow
+        return dispatch_request(
+            lambda: DispatchRequest(
+                DispatchStored(workflow_id=workflow_id, version=version, inputs=inputs or {})
+            )
+        )
+    schema = schema_of(workflow, version)
+    return dispatch_request(
+        lambda: DispatchRequest(DispatchSchema(workflow=schema, inputs=inputs or {}))
+    )
 
 
 class Deadline:

@@ -286,11 +286,19 @@ def _finished(cmd: _Command, run: RunDetails) -> int:
 def _dispatch(cmd: _Command) -> int:
     args = cmd.args
     inputs = _read_inputs(args.input)
+    if args.wait:
+        # One request when the run ends within a long poll (the dispatch waits).
+        run = cmd.client.run_workflow(
+            args.workflow_id,
+            inputs,
+            version=args.version,
+            timeout=args.timeout,
+            idempotency_key=args.idempotency_key,
+        )
+        return _finished(cmd, run)
     run_id = cmd.client.dispatch(
         args.workflow_id, inputs, version=args.version, idempotency_key=args.idempotency_key
     )
-    if args.wait:
-        return _finished(cmd, cmd.client.wait_for_run(run_id, timeout=args.timeout))
     if args.json:
         print_json(cmd.client.get_run(run_id), cmd.out)
     else:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, RootModel, Tag
 from fuseline.messages import (
     KeepAliveReply,
     ReportBatchReply,
+    RunDetails,
     StepAssignment,
     StepReport,
     WorkerInfo,
@@ -213,6 +214,11 @@ class RunCreated(_Wire):
     run_id: str
     workflow_id: str
     workflow_version: str
+    run: RunDetails | None = Field(
+        default=None,
+        description="Only when the dispatch was asked to `wait`: the run once finished, or "
+        "as it stood when the wait was over (check `status`).",
+    )
 
 
 class WorkflowList(_Wire):

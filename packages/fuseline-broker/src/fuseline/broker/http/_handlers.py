@@ -15,7 +15,12 @@ from urllib.parse import quote
 from fuseline.broker.http._context import CallContext, Reply
 from fuseline.broker.http._errors import HttpError
 from fuseline.broker.http._parsing import json_size
-from fuseline.broker.http._queries import RunListQuery, RunWaitQuery, WorkflowListQuery
+from fuseline.broker.http._queries import (
+    DispatchQuery,
+    RunListQuery,
+    RunWaitQuery,
+    WorkflowListQuery,
+)
 from fuseline.clients.wire import (
     API_PREFIX,
     IDEMPOTENCY_HEADER,
@@ -292,8 +297,12 @@ async def dispatch_run(ctx: CallContext) -> Reply:
     else:
         schema = await ctx.run(ctx.broker.find_workflow, body.workflow_id, body.version)
     run_id = await ctx.run(ctx.broker.dispatch_workflow, schema, body.inputs, idempotency_key=key)
+    wait = ctx.query_as(DispatchQuery).wait
     created = RunCreated(
-        run_id=run_id, workflow_id=schema.workflow_id, workflow_version=schema.version
+        run_id=run_id,
+        workflow_id=schema.workflow_id,
+        workflow_version=schema.version,
+        run=await _run_when_finished(ctx, run_id, wait) if wait > 0 else None,
     )
     location = f"{API_PREFIX}/runs/{quote(run_id, safe='')}"
     return Reply(created, status=201, headers={"Location": location})
@@ -320,18 +329,23 @@ async def get_run(ctx: CallContext) -> Reply:
 async def wait_for_run(ctx: CallContext) -> Reply:
     """The run once it is finished, or as it stands when the wait is over."""
     query = ctx.query_as(RunWaitQuery)
-    run_id = ctx.path["run_id"]
-    deadline = time.monotonic() + min(query.timeout, ctx.config.limits.max_wait_seconds)
+    return Reply(await _run_when_finished(ctx, ctx.path["run_id"], query.timeout))
+
+
+async def _run_when_finished(ctx: CallContext, run_id: str, seconds: float) -> RunDetails:
+    """The run once it is finished, or as it stands after ``seconds`` (capped by the server)."""
+    deadline = time.monotonic() + min(seconds, ctx.config.limits.max_wait_seconds)
 
     def wait(piece: float) -> RunDetails | None:
         return ctx.broker.await_run(run_id, timeout=piece)
 
+    details: RunDetails | None
     while True:
         details, over = await ctx.run_waiting(_in_slices, ctx, deadline, wait)
         if details is not None:
-            return Reply(details)
+            return details
         if over:
-            return Reply(await ctx.run(ctx.broker.get_run, run_id))
+            return await ctx.run(ctx.broker.get_run, run_id)
 
 
 async def cancel_run(ctx: CallContext) -> Reply:

@@ -7,11 +7,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from fuseline.clients.wire import MAX_WAIT_SECONDS
 from fuseline.status import Status
 
-__all__ = ["RunListQuery", "RunWaitQuery", "WorkflowListQuery"]
+__all__ = ["DispatchQuery", "RunListQuery", "RunWaitQuery", "WorkflowListQuery"]
 
 
 class _Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class DispatchQuery(_Query):
+    """How long ``POST /v1/runs`` may wait for the run it started to finish."""
+
+    wait: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=MAX_WAIT_SECONDS,
+        description="Seconds to wait for the run to finish before answering (the server may "
+        "cap this lower); the answer's `run` then holds the run, finished or as it stands.",
+    )
 
 
 class RunListQuery(_Query):

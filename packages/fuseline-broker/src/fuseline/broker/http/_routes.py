@@ -16,7 +16,12 @@ import pydantic
 from fuseline.broker.http import _handlers as h
 from fuseline.broker.http._auth import ANY_ROLE, CLIENT, WORKER, Role
 from fuseline.broker.http._context import CallContext, Reply
-from fuseline.broker.http._queries import RunListQuery, RunWaitQuery, WorkflowListQuery
+from fuseline.broker.http._queries import (
+    DispatchQuery,
+    RunListQuery,
+    RunWaitQuery,
+    WorkflowListQuery,
+)
 from fuseline.clients.wire import (
     API_PREFIX,
     ClaimRequest,
@@ -250,6 +255,7 @@ ROUTES: tuple[Endpoint, ...] = (
         roles=CLIENT,
         status=201,
         body=DispatchRequest,
+        query=DispatchQuery,
         example={"workflow_id": "summarise-page", "inputs": {"url": "https://example.com"}},
         links=(
             ("get", "getRun", "run_id", "run_id"),
@@ -259,7 +265,9 @@ ROUTES: tuple[Endpoint, ...] = (
         errors=(400, 404, 409, 413, 422),
         description="Send a schema in `workflow`, or name a stored one with `workflow_id` "
         "(and `version`, default: the latest). With an `Idempotency-Key` header (or the "
-        "`idempotency_key` field) a repeated request returns the same run.",
+        "`idempotency_key` field) a repeated request returns the same run. With `wait`, "
+        "the answer comes once the run is finished (or the wait is over) and carries it in "
+        "`run`: starting a short run and getting its result takes one request.",
     ),
     Endpoint(
         "GET",
