@@ -82,12 +82,13 @@ def test_begin_rides_with_the_first_statement_and_commit_with_the_last_writes(
     sent = _RoundTrips()
 
     def body(t: StorageTransaction) -> None:
-        t.add_worker(_worker("w-1"))
-        t.touch_worker("w-1", 5.0)  # held: nothing reads what it returns
+        assert t.get_worker("w-1") is None
+        t.add_worker(_worker("w-1"))  # held: nothing reads what it returns
+        t.touch_worker("w-1", 5.0)
 
     with sent.watching(monkeypatch):
         storage.atomic(body)
-    assert sent.heads() == [["BEGIN", "INSERT"], ["UPDATE", "COMMIT"]]
+    assert sent.heads() == [["BEGIN", "SELECT"], ["INSERT", "UPDATE", "COMMIT"]]
     assert _seen_at(storage, "w-1") == 5.0
 
 
@@ -107,6 +108,7 @@ def test_a_failed_transaction_is_rolled_back_before_its_connection_is_reused(
 
     def body(t: StorageTransaction) -> None:
         t.add_worker(_worker("w-2"))
+        assert t.get_worker("w-2") is not None  # the insert went out with this read
         t.touch_worker("w-2", 5.0)
         raise RuntimeError("the caller's own failure")
 
@@ -115,7 +117,7 @@ def test_a_failed_transaction_is_rolled_back_before_its_connection_is_reused(
         storage.atomic(body)
     # The held write never left; the transaction ended with ROLLBACK, not
     # at the pool, which warns when a connection comes back mid-transaction.
-    assert sent.heads() == [["BEGIN", "INSERT"], ["ROLLBACK"]]
+    assert sent.heads() == [["BEGIN", "INSERT", "SELECT"], ["ROLLBACK"]]
     assert not [r for r in caplog.records if r.name.startswith("psycopg")]
     # The one connection is usable, and the insert was undone.
     assert _seen_at(storage, "w-2") is None

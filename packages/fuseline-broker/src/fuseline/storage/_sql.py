@@ -302,7 +302,7 @@ class SqlTransaction(StorageTransaction):
 
     def add_schema(self, schema: WorkflowSchema) -> None:
         """Store ``schema`` unless its key is taken."""
-        self._execute(
+        self._write(
             "INSERT INTO fuseline_schemas (workflow_id, version, body) VALUES (?, ?, ?) "
             "ON CONFLICT DO NOTHING",
             (schema.workflow_id, schema.version, schema.model_dump_json()),
@@ -325,7 +325,7 @@ class SqlTransaction(StorageTransaction):
     # -- workers ------------------------------------------------------------------
     def add_worker(self, worker: StoredWorker) -> None:
         """Store a new worker."""
-        self._execute(
+        self._write(
             "INSERT INTO fuseline_workers "
             "(worker_id, name, workflows, registered_at, last_seen_at) VALUES (?, ?, ?, ?, ?)",
             (
@@ -454,7 +454,7 @@ class SqlTransaction(StorageTransaction):
         if not run_ids:
             return
         marks = _marks(run_ids)
-        self._execute(
+        self._write(
             "UPDATE fuseline_runs SET status = 'RUNNING' "
             f"WHERE run_id IN ({marks}) AND status = 'PENDING'",
             tuple(run_ids),
@@ -462,7 +462,7 @@ class SqlTransaction(StorageTransaction):
 
     def start_run(self, run_id: str) -> None:
         """Mark a PENDING run RUNNING without reading it first."""
-        self._execute(
+        self._write(
             "UPDATE fuseline_runs SET status = 'RUNNING' WHERE run_id = ? AND status = 'PENDING'",
             (run_id,),
         )
