@@ -121,3 +121,27 @@ def test_a_failed_transaction_is_rolled_back_before_its_connection_is_reused(
     assert not [r for r in caplog.records if r.name.startswith("psycopg")]
     # The one connection is usable, and the insert was undone.
     assert _seen_at(storage, "w-2") is None
+
+
+def test_a_read_only_transaction_sends_its_reads_alone(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage.atomic(lambda t: t.add_worker(_worker("w-3")))
+    sent = _RoundTrips()
+
+    def body(t: StorageTransaction) -> tuple[Any, Any]:
+        return t.get_worker("w-3"), t.list_workers()
+
+    with sent.watching(monkeypatch):
+        found, listed = storage.atomic(body, write=False)
+    # No BEGIN and no COMMIT: at READ COMMITTED each read sees the same alone.
+    assert sent.heads() == [["SELECT"], ["SELECT"]]
+    assert found is not None and [w.worker_id for w in listed] == ["w-3"]
+
+
+def test_a_read_only_transaction_refuses_writes_and_locks(storage: PostgresStorage) -> None:
+    with pytest.raises(RuntimeError, match="cannot write"):
+        storage.atomic(lambda t: t.add_worker(_worker("w-4")), write=False)
+    with pytest.raises(RuntimeError, match="without locks"):
+        storage.atomic(lambda t: t.get_run("r-1", lock=True), write=False)
+    assert _seen_at(storage, "w-4") is None

@@ -431,6 +431,11 @@ class RuntimeStorage(ABC):
         (deadlock, serialization failure) is run again from the start, so
         ``body`` must not have effects outside the transaction.
 
+        With ``write=False`` the body only reads, and locks nothing: a
+        backend may then run its statements without a transaction around
+        them, each seeing what was committed before it started (PostgreSQL
+        does, and refuses writes and row locks there).
+
         Raises:
             BrokerUnavailableError: The storage cannot be reached.
         """

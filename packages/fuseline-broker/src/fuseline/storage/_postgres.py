@@ -81,14 +81,25 @@ class _PgTransaction(SqlTransaction):
     ``BEGIN`` and ``COMMIT``: ``BEGIN`` is held like a write, so it travels
     with the first statement, and ``COMMIT`` travels with the last writes.
     psycopg's ``transaction()`` would send each alone, two round trips more.
+
+    A read-only transaction sends neither: at READ COMMITTED each statement
+    sees what was committed before it started, inside a transaction or not,
+    so its reads see the same either way. It refuses writes and row locks,
+    which would not outlive their statement there.
     """
 
     def __init__(
-        self, connection: psycopg.Connection[Any], clock: Callable[[], float], sender: str
+        self,
+        connection: psycopg.Connection[Any],
+        clock: Callable[[], float],
+        sender: str,
+        *,
+        read_only: bool = False,
     ) -> None:
         super().__init__(connection, POSTGRESQL, clock)
         self._pg = connection
-        self._held: list[tuple[str, tuple[Any, ...]]] = [("BEGIN", ())]
+        self._read_only = read_only
+        self._held: list[tuple[str, tuple[Any, ...]]] = [] if read_only else [("BEGIN", ())]
         # Whether BEGIN went out: a transaction that sent nothing has nothing to end.
         self._open = False
         # Sent as the NOTIFY payload, so that this process's listener can skip
@@ -96,9 +107,17 @@ class _PgTransaction(SqlTransaction):
         self._sender = sender
 
     def _write(self, statement: str, params: Sequence[Any] = ()) -> None:
+        if self._read_only:
+            raise RuntimeError(f"a read-only transaction cannot write: {statement[:60]}")
         self._held.append((self._dialect.sql(statement), tuple(params)))
 
     def _execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        if self._read_only and (
+            not statement.startswith("SELECT") or self._dialect.lock in statement
+        ):
+            raise RuntimeError(
+                f"a read-only transaction can only read, without locks: {statement[:60]}"
+            )
         if not self._held:
             return super()._execute(statement, params)
         # The writes held so far go ahead of this statement, in the same round trip.
@@ -123,6 +142,8 @@ class _PgTransaction(SqlTransaction):
 
     def commit(self) -> None:
         """Send the writes still held and ``COMMIT``, in one round trip."""
+        if self._read_only:
+            return  # every statement was a transaction of its own
         if not self._open and len(self._held) == 1:
             self._held = []  # only the BEGIN: nothing was asked of the server
             return
@@ -231,7 +252,7 @@ class PostgresStorage(RuntimeStorage):
         """Run ``body`` in one transaction, again when it lost a deadlock or serialization race."""
         for attempt in range(_RETRIES):
             try:
-                return self._attempt(body)
+                return self._attempt(body, read_only=not write)
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise BrokerUnavailableError(
@@ -244,9 +265,9 @@ class PostgresStorage(RuntimeStorage):
                 ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _attempt(self, body: Callable[[StorageTransaction], T]) -> T:
+    def _attempt(self, body: Callable[[StorageTransaction], T], *, read_only: bool) -> T:
         with self._pool.connection() as connection:
-            transaction = _PgTransaction(connection, time.time, self._sender)
+            transaction = _PgTransaction(connection, time.time, self._sender, read_only=read_only)
             try:
                 result = body(transaction)
                 transaction.before_commit()
