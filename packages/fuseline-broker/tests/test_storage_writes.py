@@ -84,3 +84,30 @@ def test_a_write_refused_before_a_read_fails_with_its_own_error(broker: StorageB
     assert not reached_after_read
     (after,) = broker.storage.atomic(lambda t: t.steps_of(run_id), write=False)
     assert after.status is Status.PENDING
+
+
+def test_extending_several_leases_moves_only_those_still_held(broker: StorageBroker) -> None:
+    # PostgreSQL extends them in one statement; every backend must agree on
+    # which leases moved when one was handed on meanwhile.
+    single = schema("writes-leases", steps=["a"])
+    worker = HandWorker(broker, [single])
+    for n in range(3):
+        broker.dispatch_workflow(single, {"n": n})
+    assert len(worker.claim_all()) == 3
+
+    def body(t: StorageTransaction) -> tuple[set[tuple[str, str]], list[str]]:
+        rows = sorted(t.running_steps_of(worker.worker_id), key=lambda row: row.run_id)
+        # As if its lease had been handed on: it now holds another token.
+        stale = dataclasses.replace(rows[0], lease_token=rows[1].lease_token)
+        far = t.now() + 3600
+        moved = t.extend_leases([(stale, far), (rows[1], far), (rows[2], far)])
+        return moved, [row.run_id for row in rows]
+
+    moved, run_ids = broker.storage.atomic(body)
+    assert moved == {(run_ids[1], "a"), (run_ids[2], "a")}
+    deadlines = broker.storage.atomic(
+        lambda t: {row.run_id: row.deadline for row in t.running_steps_of(worker.worker_id)},
+        write=False,
+    )
+    assert deadlines[run_ids[0]] is not None and deadlines[run_ids[1]] is not None
+    assert deadlines[run_ids[0]] < deadlines[run_ids[1]] == deadlines[run_ids[2]]

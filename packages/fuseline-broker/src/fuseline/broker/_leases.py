@@ -111,7 +111,7 @@ def extend_leases(
     live = {tok: held[tok] for tok in wanted if tok in held}
     cancelled_runs = t.cancelled_runs(sorted({row.run_id for row in live.values()}))
     reply = KeepAliveReply()
-    deadlines: list[float] = []
+    extending: list[tuple[StoredStep, float, LeaseRef]] = []
     for token in wanted:
         row = live.get(token)
         if row is None or lease_ran_out(row, now, reachable_for):
@@ -127,11 +127,15 @@ def extend_leases(
         if row.run_id in cancelled_runs:
             reply.cancelled.append(ref)
             continue
-        deadline = now + row.lease_seconds
-        if t.extend_lease(row, deadline):
+        extending.append((row, now + row.lease_seconds, ref))
+    moved = t.extend_leases([(row, deadline) for row, deadline, _ in extending])
+    deadlines: list[float] = []
+    for row, deadline, ref in extending:
+        if (row.run_id, row.step_name) in moved:
             reply.extended.append(ref)
             deadlines.append(deadline)
-        else:  # pragma: no cover - the row was read in this transaction
+        else:
+            # Read unlocked above: an expiry may have handed it on since.
             reply.lost.append(ref)
     reply.deadline = to_time(min(deadlines)) if deadlines else None
     return reply

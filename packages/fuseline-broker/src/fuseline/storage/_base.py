@@ -291,6 +291,18 @@ class StorageTransaction(ABC):
     def extend_lease(self, step: StoredStep, deadline: float) -> bool:
         """Move a RUNNING step's deadline if it still holds ``step.lease_token``."""
 
+    def extend_leases(self, leases: Sequence[tuple[StoredStep, float]]) -> set[tuple[str, str]]:
+        """:meth:`extend_lease` for each ``(step, deadline)`` (backends may do it at once).
+
+        Returns:
+            The ``(run_id, step_name)`` of the steps whose deadline moved.
+        """
+        return {
+            (step.run_id, step.step_name)
+            for step, deadline in leases
+            if self.extend_lease(step, deadline)
+        }
+
     @abstractmethod
     def expired_steps(self, limit: int) -> list[tuple[str, str]]:
         """``(run_id, step_name)`` of RUNNING steps whose deadline has passed."""

@@ -672,6 +672,26 @@ class SqlTransaction(StorageTransaction):
         ).fetchone()
         return row is not None
 
+    def extend_leases(self, leases: Sequence[tuple[StoredStep, float]]) -> set[tuple[str, str]]:
+        """Move several deadlines; on PostgreSQL in one statement."""
+        if self._dialect.name != "postgresql" or len(leases) < 2:
+            return super().extend_leases(leases)
+        rows = self._execute(
+            "UPDATE fuseline_steps AS s SET deadline = v.deadline "
+            "FROM unnest(?::text[], ?::text[], ?::text[], ?::float8[]) "
+            "AS v(run_id, step_name, lease_token, deadline) "
+            "WHERE s.run_id = v.run_id AND s.step_name = v.step_name "
+            "AND s.status = 'RUNNING' AND s.lease_token = v.lease_token "
+            "RETURNING s.run_id, s.step_name",
+            (
+                [step.run_id for step, _ in leases],
+                [step.step_name for step, _ in leases],
+                [step.lease_token for step, _ in leases],
+                [deadline for _, deadline in leases],
+            ),
+        ).fetchall()
+        return {(row[0], row[1]) for row in rows}
+
     def expired_steps(self, limit: int) -> list[tuple[str, str]]:
         """RUNNING steps whose deadline has passed."""
         rows = self._execute(
