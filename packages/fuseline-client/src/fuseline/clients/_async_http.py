@@ -22,8 +22,8 @@ from fuseline.clients._http_common import (
     check_wait,
     claim_size,
     dispatch_body,
+    dispatch_call,
     make_backoff,
-    new_idempotency_key,
 )
 from fuseline.clients._retry import Backoff, reached_server, retry_after_seconds
 from fuseline.clients.wire import DispatchRequest, Health
@@ -221,9 +221,8 @@ class AsyncHttpBrokerClient:
         """
         deadline = Deadline(timeout)
         request = dispatch_body(workflow, inputs, version)
-        key = idempotency_key or new_idempotency_key()
         asked = deadline.remaining(self._settings.max_wait)
-        created = await self._execute(calls.dispatch(request, key, asked))
+        created = await self._execute(dispatch_call(request, idempotency_key, asked))
         run = created.run
         if run is not None and run.status.is_terminal:
             return run
@@ -232,8 +231,7 @@ class AsyncHttpBrokerClient:
         return await self._wait(created.run_id, deadline)
 
     async def _dispatch(self, request: DispatchRequest, idempotency_key: str | None) -> str:
-        key = idempotency_key or new_idempotency_key()
-        return (await self._execute(calls.dispatch(request, key))).run_id
+        return (await self._execute(dispatch_call(request, idempotency_key))).run_id
 
     async def get_run(self, run_id: str) -> RunDetails:
         """Return a run with its step states and result."""

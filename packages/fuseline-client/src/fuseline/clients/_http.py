@@ -21,8 +21,8 @@ from fuseline.clients._http_common import (
     check_wait,
     claim_size,
     dispatch_body,
+    dispatch_call,
     make_backoff,
-    new_idempotency_key,
 )
 from fuseline.clients._plain_http import PlainHttp, Reply, plain_http_usable
 from fuseline.clients._retry import Backoff, reached_server, retry_after_seconds
@@ -241,9 +241,8 @@ class HttpBrokerClient(BrokerClient):
         """
         deadline = Deadline(timeout)
         request = dispatch_body(workflow, inputs, version)
-        key = idempotency_key or new_idempotency_key()
         asked = deadline.remaining(self._settings.max_wait)
-        created = self._execute(calls.dispatch(request, key, asked))
+        created = self._execute(dispatch_call(request, idempotency_key, asked))
         run = created.run
         if run is not None and run.status.is_terminal:
             return run
@@ -252,8 +251,7 @@ class HttpBrokerClient(BrokerClient):
         return self._wait(created.run_id, deadline)
 
     def _dispatch(self, request: DispatchRequest, idempotency_key: str | None) -> str:
-        key = idempotency_key or new_idempotency_key()
-        return self._execute(calls.dispatch(request, key)).run_id
+        return self._execute(dispatch_call(request, idempotency_key)).run_id
 
     def get_run(self, run_id: str) -> RunDetails:
         """Return a run with its step states and result."""

@@ -10,10 +10,17 @@ from typing import Any, TypeVar
 import httpx
 import pydantic
 
+from fuseline.clients import _http_calls as calls
 from fuseline.clients._base import WorkflowRef, schema_of
 from fuseline.clients._http_calls import Call
 from fuseline.clients._retry import Backoff
-from fuseline.clients.wire import MAX_CLAIM_STEPS, DispatchRequest, DispatchSchema, DispatchStored
+from fuseline.clients.wire import (
+    MAX_CLAIM_STEPS,
+    DispatchRequest,
+    DispatchSchema,
+    DispatchStored,
+    RunCreated,
+)
 from fuseline.errors import BrokerUnavailableError, InvalidInputError, WaitTimeoutError
 from fuseline.messages import RunDetails
 
@@ -27,6 +34,7 @@ __all__ = [
     "check_wait",
     "claim_size",
     "dispatch_body",
+    "dispatch_call",
     "dispatch_request",
     "make_backoff",
     "new_idempotency_key",
@@ -165,6 +173,13 @@ def dispatch_body(
     return dispatch_request(
         lambda: DispatchRequest(DispatchSchema(workflow=schema, inputs=inputs or {}))
     )
+
+
+def dispatch_call(
+    request: DispatchRequest, idempotency_key: str | None, wait: float = 0.0
+) -> Call[RunCreated]:
+    """The dispatch of ``request``, under a fresh idempotency key unless one is given."""
+    return calls.dispatch(request, idempotency_key or new_idempotency_key(), wait)
 
 
 class Deadline:
