@@ -8,14 +8,24 @@ two round trips. These cases count what psycopg is asked to send.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from fuseline.storage import PostgresStorage, StorageTransaction, StoredWorker
+from fuseline.status import Status
+from fuseline.storage import (
+    PostgresStorage,
+    StorageTransaction,
+    StoredRun,
+    StoredStep,
+    StoredWorker,
+)
 
 
 class _RoundTrips:
@@ -145,3 +155,90 @@ def test_a_read_only_transaction_refuses_writes_and_locks(storage: PostgresStora
     with pytest.raises(RuntimeError, match="without locks"):
         storage.atomic(lambda t: t.get_run("r-1", lock=True), write=False)
     assert _seen_at(storage, "w-4") is None
+
+
+def _stored_run(storage: PostgresStorage, run_id: str) -> None:
+    def body(t: StorageTransaction) -> None:
+        assert t.add_run(StoredRun(run_id, "wf", "1", {}, Status.PENDING))
+        t.add_steps([StoredStep(run_id, "a", "wf", "1", Status.PENDING, ready_at=t.now())])
+
+    storage.atomic(body)
+
+
+def test_a_new_run_brings_the_clock_back_with_its_insert(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = _RoundTrips()
+
+    def body(t: StorageTransaction) -> tuple[float, float]:
+        run = StoredRun("r-clock", "wf", "1", {}, Status.PENDING)
+        assert t.add_run(run)
+        return run.created_at, t.now()  # the clock is not read again
+
+    with sent.watching(monkeypatch):
+        created_at, now = storage.atomic(body)
+    assert sent.heads() == [["BEGIN", "INSERT"], ["COMMIT"]]
+    assert created_at == now > 0
+
+
+def test_locked_runs_and_their_steps_take_one_round_trip(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stored_run(storage, "r-both")
+    sent = _RoundTrips()
+    with sent.watching(monkeypatch):
+        runs, steps = storage.atomic(lambda t: t.runs_with_steps(["r-both"], lock=True))
+    assert sent.heads() == [["BEGIN", "SELECT", "SELECT"], ["COMMIT"]]
+    assert list(runs) == ["r-both"] and [row.step_name for row in steps["r-both"]] == ["a"]
+
+
+def test_steps_read_with_a_lock_include_what_the_lock_waited_for(postgres_url: str) -> None:
+    # The steps' statement travels with the lock's, but the server starts it
+    # (and takes its snapshot) only once the lock is held: a report waiting
+    # for another report of the same run must see that report's step change.
+    storage = PostgresStorage(postgres_url, max_connections=3)
+    try:
+        _stored_run(storage, "r-wait")
+        locked, release = threading.Event(), threading.Event()
+
+        def first(t: StorageTransaction) -> None:
+            _, steps = t.runs_with_steps(["r-wait"], lock=True)
+            t.update_step(dataclasses.replace(steps["r-wait"][0], status=Status.SUCCEEDED))
+            t.flush()
+            locked.set()
+            assert release.wait(30)
+
+        holder = threading.Thread(target=storage.atomic, args=(first,))
+        holder.start()
+        assert locked.wait(30)
+        seen: list[Status] = []
+
+        def second() -> None:
+            _, steps = storage.atomic(lambda t: t.runs_with_steps(["r-wait"], lock=True))
+            seen.extend(row.status for row in steps["r-wait"])
+
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        _wait_for_a_lock_wait(postgres_url)
+        release.set()
+        holder.join(30)
+        waiter.join(30)
+        assert seen == [Status.SUCCEEDED]
+    finally:
+        release.set()
+        storage.close()
+
+
+def _wait_for_a_lock_wait(postgres_url: str, timeout: float = 30.0) -> None:
+    """Return once some session of this database waits for a row lock."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        while time.monotonic() < deadline:
+            waiting = connection.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+            if waiting and waiting[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("no session started waiting for the lock")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import time
 
 import psycopg
 import pytest
@@ -16,7 +17,7 @@ from broker_contract_support import HandWorker, schema
 
 from fuseline.broker import StorageBroker
 from fuseline.status import Status
-from fuseline.storage import StorageTransaction
+from fuseline.storage import StorageTransaction, StoredRun, StoredStep
 
 
 def _queued_run(broker: StorageBroker) -> str:
@@ -111,3 +112,38 @@ def test_extending_several_leases_moves_only_those_still_held(broker: StorageBro
     )
     assert deadlines[run_ids[0]] is not None and deadlines[run_ids[1]] is not None
     assert deadlines[run_ids[0]] < deadlines[run_ids[1]] == deadlines[run_ids[2]]
+
+
+def test_runs_with_steps_reads_both_after_the_writes_held_before_them(
+    broker: StorageBroker,
+) -> None:
+    # PostgreSQL sends both reads in one round trip, behind the held writes.
+    run_id = _queued_run(broker)
+
+    def body(t: StorageTransaction) -> tuple[dict[str, StoredRun], dict[str, list[StoredStep]]]:
+        (row,) = t.steps_of(run_id)
+        t.update_step(dataclasses.replace(row, status=Status.SKIPPED))
+        return t.runs_with_steps([run_id, "no-such-run"], lock=True)
+
+    runs, steps = broker.storage.atomic(body)
+    assert list(runs) == [run_id] and list(steps) == [run_id]
+    assert runs[run_id].workflow_id == "writes-chain"
+    assert [(row.step_name, row.status) for row in steps[run_id]] == [("a", Status.SKIPPED)]
+
+
+def test_a_new_run_is_stamped_with_the_transaction_clock(broker: StorageBroker) -> None:
+    # PostgreSQL reads its clock with the insert instead of before it.
+    chain = schema("writes-stamp", [("a", "b")])
+    HandWorker(broker, [chain])
+    before = time.time()
+
+    def body(t: StorageTransaction) -> tuple[StoredRun, float]:
+        run = StoredRun("r-stamped", "writes-stamp", "1", {}, Status.PENDING)
+        assert t.add_run(run)
+        return run, t.now()
+
+    run, now = broker.storage.atomic(body)
+    assert run.created_at == now
+    assert before - 5 < now < time.time() + 5  # the server's clock, on this machine
+    stored = broker.storage.atomic(lambda t: t.get_run("r-stamped"), write=False)
+    assert stored is not None and stored.created_at == now and stored.seq == run.seq > 0

@@ -95,8 +95,11 @@ def apply_report(
     report = checked.report
     entry = known.get(report.instance_id)
     if entry is None:
-        run = t.get_run(report.instance_id, lock=True)
-        rows = None
+        # The steps come in the same round trip as the lock, read once it is held.
+        found, steps = t.runs_with_steps([report.instance_id], lock=True)
+        run = found.get(report.instance_id)
+        rows = {row.step_name: row for row in steps.get(report.instance_id, [])}
+        known[report.instance_id] = (run, rows)
     else:
         run, rows = entry
     if run is None:
@@ -116,9 +119,6 @@ def apply_report(
             f"{report.step_name!r}.",
             details={"step_name": report.step_name},
         )
-    if rows is None:
-        rows = {row.step_name: row for row in t.steps_of(run.run_id)}
-        known[run.run_id] = (run, rows)
     step = rows.get(report.step_name)
     now = t.now()
     if not report_applies(step, worker_id, report, checked.result, now, reachable_for):

@@ -212,14 +212,12 @@ class StorageBroker(Broker):
         def body(t: StorageTransaction) -> str:
             handed.clear()
             graph = self._catalog.store(t, schema)
-            now = t.now()
             run = StoredRun(
                 run_id=run_id,
                 workflow_id=schema.workflow_id,
                 version=schema.version,
                 inputs=plain,
                 status=Status.PENDING,
-                created_at=now,
                 idempotency_key=idempotency_key,
                 request_hash=fingerprint,
             )
@@ -228,7 +226,7 @@ class StorageBroker(Broker):
                 if raced is None:  # pragma: no cover - only the key can collide
                     raise IdempotencyConflictError("The run could not be stored; try again.")
                 return same_request(raced)
-            self._runs.apply(t, graph, run, rules.start(graph), now)
+            self._runs.apply(t, graph, run, rules.start(graph), run.created_at)
             if waiter is not None:
                 handed.extend(self._claim_for(t, waiter))
             return run_id
@@ -407,11 +405,10 @@ class StorageBroker(Broker):
 
     @staticmethod
     def _read_ahead(t: StorageTransaction, run_ids: list[str]) -> dict[str, Known]:
-        """Lock and read several runs and their rows at once (nothing to gain for one)."""
+        """Lock and read several runs and their rows at once (a single report reads its own)."""
         if len(run_ids) < 2:
             return {}
-        runs = t.runs_by_id(run_ids, lock=True)
-        rows = t.steps_of_runs(list(runs))
+        runs, rows = t.runs_with_steps(run_ids, lock=True)
         return {
             run_id: (runs.get(run_id), {row.step_name: row for row in rows.get(run_id, [])})
             for run_id in run_ids
@@ -456,16 +453,19 @@ class StorageBroker(Broker):
     def _read_run(self, t: StorageTransaction, run_id: str, *, lock: bool = False) -> StoredRun:
         run = t.get_run(run_id, lock=lock)
         if run is None:
-            raise RunNotFoundError(f"No run {run_id!r} exists.", details={"run_id": run_id})
+            raise _no_run(run_id)
         return run
 
     def get_run(self, run_id: str) -> RunDetails:
         """The run with every step's state and, once finished, its result."""
 
         def body(t: StorageTransaction) -> RunDetails:
-            run = self._read_run(t, run_id)
+            runs, steps = t.runs_with_steps([run_id])
+            run = runs.get(run_id)
+            if run is None:
+                raise _no_run(run_id)
             graph = self._catalog.graph(t, (run.workflow_id, run.version))
-            return run_details(graph, run, t.steps_of(run_id))
+            return run_details(graph, run, steps[run_id])
 
         return self.storage.atomic(body, write=False)
 
@@ -681,6 +681,10 @@ class StorageBroker(Broker):
         if self._sweeper is not None and self._sweeper is not threading.current_thread():
             self._sweeper.join(timeout=5)
         self.storage.close()
+
+
+def _no_run(run_id: str) -> RunNotFoundError:
+    return RunNotFoundError(f"No run {run_id!r} exists.", details={"run_id": run_id})
 
 
 def _sweep(ref: weakref.ref[StorageBroker], closed: threading.Event, interval: float) -> None:

@@ -52,6 +52,8 @@ class StoredRun:
     """One run of a workflow version.
 
     Attributes:
+        created_at: When the run was stored, by the storage's clock:
+            :meth:`StorageTransaction.add_run` sets it.
         finished_steps: How many steps reached a final state by a report or a
             lease running out; it numbers them so that the first member of an
             OR group to finish is known.
@@ -66,7 +68,7 @@ class StoredRun:
     version: str
     inputs: dict[str, Any]
     status: Status
-    created_at: float
+    created_at: float = 0.0
     finished_at: float | None = None
     cancel_requested: bool = False
     result: dict[str, Any] | None = None
@@ -187,7 +189,12 @@ class StorageTransaction(ABC):
     # -- runs ---------------------------------------------------------------------
     @abstractmethod
     def add_run(self, run: StoredRun) -> bool:
-        """Store a new run; False (and nothing stored) when its idempotency key is taken."""
+        """Store a new run; False (and nothing stored) when its idempotency key is taken.
+
+        The run is created now: ``run.created_at`` is set to the
+        transaction's clock (:meth:`now`).
+        Backends whose clock is a query may read it with the insert.
+        """
 
     @abstractmethod
     def find_run_by_key(self, idempotency_key: str) -> StoredRun | None:
@@ -323,6 +330,18 @@ class StorageTransaction(ABC):
     def steps_of_runs(self, run_ids: Sequence[str]) -> dict[str, list[StoredStep]]:
         """:meth:`steps_of` (unlocked) for each of ``run_ids``."""
         return {run_id: self.steps_of(run_id) for run_id in run_ids}
+
+    def runs_with_steps(
+        self, run_ids: Sequence[str], *, lock: bool = False
+    ) -> tuple[dict[str, StoredRun], dict[str, list[StoredStep]]]:
+        """:meth:`runs_by_id`, then :meth:`steps_of_runs` of the same ids.
+
+        The steps are read once the runs' locks are held, so they include
+        everything committed by whoever held a lock before. Backends may send
+        both reads in one round trip.
+        """
+        runs = self.runs_by_id(run_ids, lock=lock)
+        return runs, self.steps_of_runs(list(runs))
 
     def start_runs(self, run_ids: Sequence[str]) -> None:
         """:meth:`start_run` for each of ``run_ids``, in their order."""

@@ -121,6 +121,7 @@ class _MemoryTransaction(StorageTransaction):
         key = run.idempotency_key
         if key is not None and key in self._t.run_by_key:
             return False
+        run.created_at = self.now()
         run.seq = next(self._t.seq)
         self._t.runs[run.run_id] = _copy(run)
         self._t.steps[run.run_id] = {}

@@ -111,13 +111,16 @@ class _PgTransaction(SqlTransaction):
             raise RuntimeError(f"a read-only transaction cannot write: {statement[:60]}")
         self._held.append((self._dialect.sql(statement), tuple(params)))
 
-    def _execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+    def _check_read(self, statement: str) -> None:
         if self._read_only and (
             not statement.startswith("SELECT") or self._dialect.lock in statement
         ):
             raise RuntimeError(
                 f"a read-only transaction can only read, without locks: {statement[:60]}"
             )
+
+    def _execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        self._check_read(statement)
         if not self._held:
             return super()._execute(statement, params)
         # The writes held so far go ahead of this statement, in the same round trip.
@@ -127,6 +130,26 @@ class _PgTransaction(SqlTransaction):
             for write, values in held:
                 self._pg.execute(write, values)
             return super()._execute(statement, params)
+
+    def _read_all(self, reads: Sequence[tuple[str, tuple[Any, ...]]]) -> list[list[Any]]:
+        """The reads in one round trip, behind the writes held so far.
+
+        The server runs them one after the other, each with a snapshot taken
+        when it starts, so a read that follows a lock sees what the lock
+        waited for.
+        """
+        for statement, _ in reads:
+            self._check_read(statement)
+        held, self._held = self._held, []
+        if held:
+            self._open = True
+        cursors = []
+        with self._pg.pipeline():
+            for write, values in held:
+                self._pg.execute(write, values)
+            for statement, params in reads:
+                cursors.append(super()._execute(statement, params))
+        return [cursor.fetchall() for cursor in cursors]
 
     def flush(self) -> None:
         if not self._held:

@@ -179,6 +179,7 @@ _RUN_COLUMNS = (
     "run_id, workflow_id, version, inputs, status, created_at, finished_at, cancel_requested, "
     "result, finished_steps, idempotency_key, request_hash, seq"
 )
+_RUN_COLUMN_COUNT = _RUN_COLUMNS.count(",") + 1
 
 
 def _qualified(alias: str, columns: str) -> str:
@@ -372,30 +373,41 @@ class SqlTransaction(StorageTransaction):
 
     # -- runs ---------------------------------------------------------------------
     def add_run(self, run: StoredRun) -> bool:
-        """Store a new run unless its idempotency key is taken."""
+        """Store a new run unless its idempotency key is taken.
+
+        When the clock was not read yet and is the server's, the insert reads
+        it: the run's ``created_at`` comes back with its ``seq``.
+        """
+        clock = self._now is None and self._dialect.clock is not None
+        if not clock:
+            run.created_at = self.now()
+        created_at = "extract(epoch FROM clock_timestamp())::float8" if clock else "?"
+        values = (
+            run.run_id,
+            run.workflow_id,
+            run.version,
+            _dump(run.inputs),
+            run.status.value,
+            *(() if clock else (run.created_at,)),
+            run.finished_at,
+            int(run.cancel_requested),
+            None if run.result is None else _dump(run.result),
+            run.finished_steps,
+            run.idempotency_key,
+            run.request_hash,
+        )
         row = self._execute(
             "INSERT INTO fuseline_runs (run_id, workflow_id, version, inputs, status, "
             "created_at, finished_at, cancel_requested, result, finished_steps, "
-            "idempotency_key, request_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING RETURNING seq",
-            (
-                run.run_id,
-                run.workflow_id,
-                run.version,
-                _dump(run.inputs),
-                run.status.value,
-                run.created_at,
-                run.finished_at,
-                int(run.cancel_requested),
-                None if run.result is None else _dump(run.result),
-                run.finished_steps,
-                run.idempotency_key,
-                run.request_hash,
-            ),
+            f"idempotency_key, request_hash) VALUES (?, ?, ?, ?, ?, {created_at}, "
+            "?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING seq, created_at",
+            values,
         ).fetchone()
         if row is None:
             return False
         run.seq = row[0]
+        if clock:
+            self._now = run.created_at = float(row[1])
         return True
 
     def find_run_by_key(self, idempotency_key: str) -> StoredRun | None:
@@ -406,22 +418,36 @@ class SqlTransaction(StorageTransaction):
         ).fetchone()
         return None if row is None else _run(row)
 
-    def _select_runs(self, where: str, params: Sequence[Any], lock: bool) -> list[StoredRun]:
-        """Runs matching ``where``; locked until commit when ``lock``.
+    def _runs_query(
+        self, where: str, params: Sequence[Any], lock: bool
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The statement that selects runs matching ``where``; locked until commit when ``lock``.
 
-        When the clock was not read yet, the server's clock comes back in the
-        same round trip: most transactions that read a run need it next.
+        When the clock was not read yet, the server's clock comes back as an
+        extra column: most transactions that read a run need it next.
         """
         suffix = self._dialect.lock if lock else ""
         clock = self._now is None and self._dialect.clock is not None
         extra = ", extract(epoch FROM clock_timestamp())::float8" if clock else ""
-        rows = self._execute(
-            f"SELECT {_RUN_COLUMNS}{extra} FROM fuseline_runs WHERE {where}{suffix}", params
-        ).fetchall()
-        if clock and rows:
-            self._now = float(rows[0][-1])
+        return f"SELECT {_RUN_COLUMNS}{extra} FROM fuseline_runs WHERE {where}{suffix}", tuple(
+            params
+        )
+
+    def _runs_from(self, rows: Sequence[Any]) -> list[StoredRun]:
+        """Runs from the rows of :meth:`_runs_query`, noting the clock if it came along."""
+        if rows and len(rows[0]) > _RUN_COLUMN_COUNT:
+            if self._now is None:
+                self._now = float(rows[0][-1])
             return [_run(row[:-1]) for row in rows]
         return [_run(row) for row in rows]
+
+    def _select_runs(self, where: str, params: Sequence[Any], lock: bool) -> list[StoredRun]:
+        """Runs matching ``where``; locked until commit when ``lock``."""
+        return self._runs_from(self._execute(*self._runs_query(where, params, lock)).fetchall())
+
+    def _read_all(self, reads: Sequence[tuple[str, tuple[Any, ...]]]) -> list[list[Any]]:
+        """The rows of each read, run in order; a backend may send them in one round trip."""
+        return [self._execute(statement, params).fetchall() for statement, params in reads]
 
     def get_run(self, run_id: str, *, lock: bool = False) -> StoredRun | None:
         """The run, locked until commit when ``lock``."""
@@ -437,16 +463,42 @@ class SqlTransaction(StorageTransaction):
 
     def steps_of_runs(self, run_ids: Sequence[str]) -> dict[str, list[StoredStep]]:
         """Every step row of each of the runs, in one statement."""
-        found: dict[str, list[StoredStep]] = {run_id: [] for run_id in run_ids}
         if not run_ids:
-            return found
-        marks = _marks(run_ids)
-        rows = self._execute(
-            f"SELECT {_STEP_COLUMNS} FROM fuseline_steps WHERE run_id IN ({marks})",
+            return {}
+        return self._steps_by_run(run_ids, self._execute(*self._steps_query(run_ids)).fetchall())
+
+    def runs_with_steps(
+        self, run_ids: Sequence[str], *, lock: bool = False
+    ) -> tuple[dict[str, StoredRun], dict[str, list[StoredStep]]]:
+        """The runs and their steps in two statements, which a backend may send together.
+
+        The server runs the second statement only once the first one holds
+        its locks, and at READ COMMITTED a statement sees what was committed
+        before it started: so the steps are as fresh as the locked runs.
+        """
+        if not run_ids:
+            return {}, {}
+        where = f"run_id IN ({_marks(run_ids)}) ORDER BY run_id"
+        run_rows, step_rows = self._read_all(
+            [self._runs_query(where, run_ids, lock), self._steps_query(run_ids)]
+        )
+        runs = {run.run_id: run for run in self._runs_from(run_rows)}
+        return runs, self._steps_by_run(list(runs), step_rows)
+
+    @staticmethod
+    def _steps_query(run_ids: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+        return (
+            f"SELECT {_STEP_COLUMNS} FROM fuseline_steps WHERE run_id IN ({_marks(run_ids)})",
             tuple(run_ids),
-        ).fetchall()
+        )
+
+    @staticmethod
+    def _steps_by_run(run_ids: Sequence[str], rows: Sequence[Any]) -> dict[str, list[StoredStep]]:
+        found: dict[str, list[StoredStep]] = {run_id: [] for run_id in run_ids}
         for row in rows:
-            found[row[0]].append(_step(row))
+            steps = found.get(row[0])
+            if steps is not None:
+                steps.append(_step(row))
         return found
 
     def start_runs(self, run_ids: Sequence[str]) -> None:
