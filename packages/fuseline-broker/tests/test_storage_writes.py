@@ -147,3 +147,22 @@ def test_a_new_run_is_stamped_with_the_transaction_clock(broker: StorageBroker) 
     assert before - 5 < now < time.time() + 5  # the server's clock, on this machine
     stored = broker.storage.atomic(lambda t: t.get_run("r-stamped"), write=False)
     assert stored is not None and stored.created_at == now and stored.seq == run.seq > 0
+
+
+def test_an_undone_prune_leaves_the_runs_listed_newest_first(broker: StorageBroker) -> None:
+    # The memory backend lists runs by walking them in the order they were
+    # added; putting pruned runs back must not move them to the end.
+    single = schema("writes-prune", steps=["a"])
+    worker = HandWorker(broker, [single])
+    first = broker.dispatch_workflow(single, {"n": 0})
+    worker.drive()
+    later = [broker.dispatch_workflow(single, {"n": n}) for n in (1, 2)]
+
+    def body(t: StorageTransaction) -> None:
+        assert t.delete_finished_runs(time.time() + 3600, 10) == 1
+        raise RuntimeError("undo the prune")
+
+    with pytest.raises(RuntimeError, match="undo the prune"):
+        broker.storage.atomic(body)
+    assert [run.run_id for run in broker.list_runs().items] == [*reversed(later), first]
+    assert [run.run_id for run in broker.list_runs(limit=1).items] == [later[1]]

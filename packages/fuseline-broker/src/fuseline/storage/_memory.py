@@ -10,7 +10,6 @@ without scanning the rest.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import threading
 import time
@@ -167,16 +166,21 @@ class _MemoryTransaction(StorageTransaction):
         limit: int,
         before_seq: int | None,
     ) -> list[StoredRun]:
-        # Filter first, then pick the newest: waiting for runs to end polls
-        # this with a status filter that few of many runs match.
-        matching = [
-            run
-            for run in self._t.runs.values()
-            if (before_seq is None or run.seq < before_seq)
-            and (workflow_id is None or run.workflow_id == workflow_id)
-            and (status is None or run.status is status)
-        ]
-        return [_copy(run) for run in heapq.nlargest(limit, matching, key=_seq)]
+        # Runs are kept in the order they were added, which is their seq
+        # order: walk them newest first and stop at the limit. Waiting for
+        # runs to end polls this with a status filter that only the newest
+        # of many runs match.
+        found: list[StoredRun] = []
+        for run in reversed(self._t.runs.values()):
+            if (
+                (before_seq is None or run.seq < before_seq)
+                and (workflow_id is None or run.workflow_id == workflow_id)
+                and (status is None or run.status is status)
+            ):
+                found.append(_copy(run))
+                if len(found) == limit:
+                    break
+        return found
 
     def delete_finished_runs(self, finished_before: float, limit: int) -> int:
         old = [
@@ -184,6 +188,10 @@ class _MemoryTransaction(StorageTransaction):
             for run in self._t.runs.values()
             if run.finished_at is not None and run.finished_at < finished_before
         ][:limit]
+        if old:
+            # Runs put back by the undos below land at the end: list_runs
+            # relies on seq order, so restore it once they are all back.
+            self._undo.append(self._reorder_runs)
         for run in old:
             steps = self._t.steps.pop(run.run_id, {})
             for step in steps.values():
@@ -202,6 +210,11 @@ class _MemoryTransaction(StorageTransaction):
 
             self._undo.append(undo)
         return len(old)
+
+    def _reorder_runs(self) -> None:
+        ordered = sorted(self._t.runs.values(), key=_seq)
+        self._t.runs.clear()
+        self._t.runs.update((run.run_id, run) for run in ordered)
 
     # -- steps --------------------------------------------------------------------
     def _index(self, old: StoredStep | None, new: StoredStep | None) -> None:
