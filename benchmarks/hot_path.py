@@ -6,7 +6,7 @@
 
 Part one calls a ``PostgresBroker`` directly, one operation at a time, and
 counts the transactions, statements and round trips each one sends
-(psycopg's ``Connection.execute``, ``transaction`` and ``pipeline`` are
+(psycopg's ``Cursor.execute``, ``Connection.transaction`` and ``pipeline`` are
 wrapped for the count; BEGIN and COMMIT count as the transaction, not as
 statements; a statement sent alone is a round trip, and so is a pipeline).
 Part two runs workers (``ProcessEngine`` threads talking HTTP) against the
@@ -62,7 +62,7 @@ class _Tally:
 
 @contextlib.contextmanager
 def _counting(tally: _Tally) -> Iterator[None]:
-    execute, transaction = psycopg.Connection.execute, psycopg.Connection.transaction
+    execute, transaction = psycopg.Cursor.execute, psycopg.Connection.transaction
     pipeline = psycopg.Connection.pipeline
 
     def counted_execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
@@ -89,13 +89,13 @@ def _counting(tally: _Tally) -> Iterator[None]:
         finally:
             tally.in_pipeline = False
 
-    psycopg.Connection.execute = counted_execute  # type: ignore[method-assign]
+    psycopg.Cursor.execute = counted_execute  # type: ignore[assignment, method-assign]
     psycopg.Connection.transaction = counted_transaction  # type: ignore[method-assign]
     psycopg.Connection.pipeline = counted_pipeline  # type: ignore[assignment, method-assign]
     try:
         yield
     finally:
-        psycopg.Connection.execute = execute  # type: ignore[method-assign]
+        psycopg.Cursor.execute = execute  # type: ignore[method-assign]
         psycopg.Connection.transaction = transaction  # type: ignore[method-assign]
         psycopg.Connection.pipeline = pipeline  # type: ignore[method-assign]
 

@@ -53,7 +53,8 @@ TRACED: dict[str, list[tuple[str, str]]] = {
 
 # With BENCH_TRACE_PSYCOPG set: inside PostgreSQL transactions too.
 PSYCOPG: dict[str, list[tuple[str, str]]] = {
-    "psycopg.connection": [("Connection", "execute"), ("Connection", "pipeline")],
+    "psycopg.connection": [("Connection", "pipeline")],
+    "psycopg.cursor": [("Cursor", "execute")],
     "psycopg.transaction": [("Transaction", "__enter__"), ("Transaction", "__exit__")],
 }
 

@@ -41,15 +41,15 @@ class _RoundTrips:
 
     @contextlib.contextmanager
     def watching(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-        execute, pipeline = psycopg.Connection.execute, psycopg.Connection.pipeline
+        execute, pipeline = psycopg.Cursor.execute, psycopg.Connection.pipeline
 
-        def counted_execute(connection: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        def counted_execute(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
             text = " ".join(str(query).split())
             if self._batch is None:
                 self.trips.append([text])
             else:
                 self._batch.append(text)
-            return execute(connection, query, *args, **kwargs)
+            return execute(cursor, query, *args, **kwargs)
 
         @contextlib.contextmanager
         def counted_pipeline(connection: Any) -> Iterator[Any]:
@@ -61,7 +61,7 @@ class _RoundTrips:
                 self.trips.append(self._batch)
                 self._batch = None
 
-        monkeypatch.setattr(psycopg.Connection, "execute", counted_execute)
+        monkeypatch.setattr(psycopg.Cursor, "execute", counted_execute)
         monkeypatch.setattr(psycopg.Connection, "pipeline", counted_pipeline)
         yield
 

@@ -102,6 +102,9 @@ class _PgTransaction(SqlTransaction):
         self._held: list[tuple[str, tuple[Any, ...]]] = [] if read_only else [("BEGIN", ())]
         # Whether BEGIN went out: a transaction that sent nothing has nothing to end.
         self._open = False
+        # Held writes all go through one cursor: nothing reads their results,
+        # and a new cursor per statement costs a third of psycopg's work.
+        self._writer: psycopg.Cursor[Any] | None = None
         # Sent as the NOTIFY payload, so that this process's listener can skip
         # its own notifications: this process already woke its waiters.
         self._sender = sender
@@ -124,12 +127,20 @@ class _PgTransaction(SqlTransaction):
         if not self._held:
             return super()._execute(statement, params)
         # The writes held so far go ahead of this statement, in the same round trip.
-        held, self._held = self._held, []
-        self._open = True
         with self._pg.pipeline():
-            for write, values in held:
-                self._pg.execute(write, values)
+            self._send_held()
             return super()._execute(statement, params)
+
+    def _send_held(self) -> None:
+        """Send the writes held so far (in a pipeline, unless there is one)."""
+        held, self._held = self._held, []
+        if not held:
+            return
+        self._open = True
+        if self._writer is None:
+            self._writer = self._pg.cursor()
+        for statement, params in held:
+            self._writer.execute(statement, params)
 
     def _read_all(self, reads: Sequence[tuple[str, tuple[Any, ...]]]) -> list[list[Any]]:
         """The reads in one round trip, behind the writes held so far.
@@ -140,28 +151,19 @@ class _PgTransaction(SqlTransaction):
         """
         for statement, _ in reads:
             self._check_read(statement)
-        held, self._held = self._held, []
-        if held:
-            self._open = True
         cursors = []
         with self._pg.pipeline():
-            for write, values in held:
-                self._pg.execute(write, values)
+            self._send_held()
             for statement, params in reads:
                 cursors.append(super()._execute(statement, params))
         return [cursor.fetchall() for cursor in cursors]
 
     def flush(self) -> None:
-        if not self._held:
-            return
-        held, self._held = self._held, []
-        self._open = True
-        if len(held) == 1:
-            self._pg.execute(*held[0])
+        if len(self._held) < 2:
+            self._send_held()
             return
         with self._pg.pipeline():
-            for statement, params in held:
-                self._pg.execute(statement, params)
+            self._send_held()
 
     def commit(self) -> None:
         """Send the writes still held and ``COMMIT``, in one round trip."""
