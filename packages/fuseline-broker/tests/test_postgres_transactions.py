@@ -242,3 +242,56 @@ def _wait_for_a_lock_wait(postgres_url: str, timeout: float = 30.0) -> None:
                 return
             time.sleep(0.01)
     raise AssertionError("no session started waiting for the lock")
+
+
+def test_a_last_claim_carries_the_commit(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stored_run(storage, "r-claim")
+    sent = _RoundTrips()
+
+    def body(t: StorageTransaction) -> list[StoredStep]:
+        steps, _ = t.claim_steps_with_runs(
+            "w-claim", [("wf", "1")], 1, lambda: "token", start=True, last=True
+        )
+        # Committed: nothing may be written now.
+        with pytest.raises(RuntimeError, match="committed with its last write"):
+            t.touch_worker("w-claim", 5.0)
+        return steps
+
+    with sent.watching(monkeypatch):
+        (step,) = storage.atomic(body)
+    assert sent.heads() == [["BEGIN", "WITH", "COMMIT"]]
+    assert step.worker_id == "w-claim"
+    stored = storage.atomic(lambda t: t.runs_with_steps(["r-claim"]), write=False)
+    assert stored[0]["r-claim"].status is Status.RUNNING
+    assert [row.status for row in stored[1]["r-claim"]] == [Status.RUNNING]
+
+
+def test_work_left_after_a_last_claim_is_announced_after_the_commit(
+    storage: PostgresStorage, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another broker process learns of the step this transaction queued and
+    # did not claim, though the NOTIFY could only be decided after the COMMIT.
+    other = PostgresStorage(postgres_url, max_connections=1)
+    try:
+        assert other.listening.wait(10)
+        since = other.work.generation
+        sent = _RoundTrips()
+
+        def body(t: StorageTransaction) -> None:
+            assert t.add_run(StoredRun("r-two", "wf", "1", {}, Status.PENDING))
+            t.add_steps(
+                [
+                    StoredStep("r-two", name, "wf", "1", Status.PENDING, ready_at=t.now())
+                    for name in ("a", "b")
+                ]
+            )
+            t.claim_steps_with_runs("w-two", [("wf", "1")], 1, lambda: "token", last=True)
+
+        with sent.watching(monkeypatch):
+            storage.atomic(body)
+        assert sent.heads()[-2:] == [["INSERT", "INSERT", "WITH", "COMMIT"], ["NOTIFY"]]
+        assert other.work.wait(since, 10), "the other process was not told of the queued step"
+    finally:
+        other.close()

@@ -81,3 +81,55 @@ def test_a_claim_with_nothing_ready_returns_nothing(broker: StorageBroker) -> No
     )
 
     assert found == ([], {})
+
+
+def test_a_claim_that_starts_runs_leaves_cancelled_ones_alone(broker: StorageBroker) -> None:
+    # The first hand-out starts a run; on PostgreSQL inside the claim's own
+    # statement. A run cancelled before it is claimed keeps its status.
+    single = schema("claims-start", steps=["a"])
+    HandWorker(broker, [single])
+    started, cancelled, untouched = (broker.dispatch_workflow(single, {"n": n}) for n in range(3))
+    worker_id = broker.register_worker([single])
+
+    def body(t: StorageTransaction) -> tuple[list[StoredStep], dict[str, StoredRun]]:
+        run = t.get_run(cancelled, lock=True)
+        assert run is not None
+        run.status = Status.CANCELLED
+        t.update_run(run)  # as if cancelled, its step still queued
+        return t.claim_steps_with_runs(worker_id, [single.key], 2, _token_maker(), start=True)
+
+    steps, runs = broker.storage.atomic(body)
+    assert [s.run_id for s in steps] == [started, cancelled]
+    assert runs[started].inputs == {"n": 0}
+    stored = broker.storage.atomic(
+        lambda t: t.runs_by_id([started, cancelled, untouched]), write=False
+    )
+    assert stored[started].status is Status.RUNNING
+    assert stored[cancelled].status is Status.CANCELLED
+    assert stored[untouched].status is Status.PENDING
+
+
+def test_after_a_last_claim_the_transaction_still_reads(broker: StorageBroker) -> None:
+    chain = schema("claims-last", [("a", "b")])
+    worker = HandWorker(broker, [chain])
+    run_id = broker.dispatch_workflow(chain, {"n": 7})
+    first = worker.claim()
+    assert first is not None
+    worker.succeed(first, {"n": 7})  # b is queued now
+    worker_id = broker.register_worker([chain])
+
+    def body(t: StorageTransaction) -> tuple[list[StoredStep], list[dict[str, object]]]:
+        steps, _ = t.claim_steps_with_runs(
+            worker_id, [chain.key], 1, _token_maker(), start=True, last=True
+        )
+        return steps, t.results_for([(run_id, ["a"])])
+
+    steps, results = broker.storage.atomic(body)
+    assert [(s.run_id, s.step_name) for s in steps] == [(run_id, "b")]
+    assert results == [{"a": {"n": 7}}]
+    (row,) = [
+        row
+        for row in broker.storage.atomic(lambda t: t.steps_of(run_id), write=False)
+        if row.step_name == "b"
+    ]
+    assert row.status is Status.RUNNING and row.worker_id == worker_id

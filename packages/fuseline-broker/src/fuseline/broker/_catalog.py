@@ -112,17 +112,21 @@ def claim_steps(
 ) -> list[StepAssignment]:
     """Lease up to ``limit`` ready steps of the worker's workflows to it.
 
-    ``known`` holds runs this transaction locked and read with all their rows
-    (a report's run): a step claimed from one of them takes its run's inputs
-    and its predecessors' results from there instead of reading them again.
+    The claim is the transaction's last write (a backend may commit with
+    it), so callers call this last. ``known`` holds runs this transaction
+    locked and read with all their rows (a report's run): a step claimed
+    from one of them takes its run's inputs and its predecessors' results
+    from there instead of reading them again.
     """
     workflows = catalog.workflows_of(t, worker_id)
     known = known or {}
-    rows, runs = t.claim_steps_with_runs(
-        worker_id, workflows, limit, _lease_token, known=known.keys()
-    )
-    # After the claim, which may have brought the clock along.
+    # Before the claim, since no write may follow it. (A transaction that
+    # has not read the clock yet reads it for this, every few seconds.)
     catalog.touch(t, worker_id)
+    # The first hand-out starts a run (runs the caller locked are started).
+    rows, runs = t.claim_steps_with_runs(
+        worker_id, workflows, limit, _lease_token, known=known.keys(), start=True, last=True
+    )
     if not rows:
         return []
     # A run this transaction locked and read is the current one.
@@ -130,11 +134,8 @@ def claim_steps(
     missing = {row.run_id for row in rows} - runs.keys()
     if missing:  # pragma: no cover - a step row never outlives its run
         raise RunNotFoundError(f"Runs {sorted(missing)!r} vanished.")
-    # The first hand-out starts a run. A conditional update, so a cancel
-    # committed meanwhile is never overwritten. Sorted: claims that start the
-    # same runs lock them in the same order.
-    starting = sorted({row.run_id for row in rows if runs[row.run_id].status is Status.PENDING})
-    t.start_runs(starting)
+    # Results of finished steps never change: reading them after the commit
+    # reads what was there at the claim.
     wanted: list[tuple[str, list[str]]] = []
     results: dict[int, dict[str, Any]] = {}
     for index, row in enumerate(rows):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -277,14 +277,33 @@ class StorageTransaction(ABC):
         tokens: Callable[[], str],
         *,
         known: Collection[str] = (),
+        start: bool = False,
+        last: bool = False,
     ) -> tuple[list[StoredStep], dict[str, StoredRun]]:
         """:meth:`claim_steps`, and the runs of the claimed steps, read unlocked.
 
-        Runs named in ``known`` the caller holds already and may be left out.
         Backends may claim and read in one round trip.
+
+        Args:
+            worker_id: The claiming worker.
+            workflows: The workflow versions it runs.
+            limit: How many steps at most.
+            tokens: Makes a new lease token per step.
+            known: Runs the caller holds already: they may be left out.
+            start: Also mark the PENDING runs among those read RUNNING (a
+                run starts with its first hand-out), with a conditional
+                update, so that a cancel committed meanwhile stands. The
+                runs come back as read, before that.
+            last: The claim is the transaction's last write: a backend may
+                commit with it. Afterwards the transaction may still read
+                (finished steps' results, which no longer change), and
+                wake-ups are still sent, but it must not write.
         """
         rows = self.claim_steps(worker_id, workflows, limit, tokens)
-        return rows, self.runs_by_id(sorted({row.run_id for row in rows} - set(known)))
+        runs = self.runs_by_id(sorted({row.run_id for row in rows} - set(known)))
+        if start:
+            _start(self, runs)
+        return rows, runs
 
     @abstractmethod
     def running_steps_of(self, worker_id: str) -> list[StoredStep]:
@@ -384,6 +403,14 @@ class StorageTransaction(ABC):
     @abstractmethod
     def notify_runs(self) -> None:
         """After commit, wake callers waiting for runs to finish."""
+
+
+def _start(t: StorageTransaction, runs: Mapping[str, StoredRun]) -> None:
+    """Mark the PENDING ones of ``runs`` RUNNING.
+
+    Sorted, so that claims starting the same runs lock them in the same order.
+    """
+    t.start_runs(sorted(run_id for run_id, run in runs.items() if run.status is Status.PENDING))
 
 
 class Signal:

@@ -105,6 +105,8 @@ class _PgTransaction(SqlTransaction):
         # Held writes all go through one cursor: nothing reads their results,
         # and a new cursor per statement costs a third of psycopg's work.
         self._writer: psycopg.Cursor[Any] | None = None
+        # Whether COMMIT went out with the last write (see _execute_last).
+        self._ended = False
         # Sent as the NOTIFY payload, so that this process's listener can skip
         # its own notifications: this process already woke its waiters.
         self._sender = sender
@@ -112,6 +114,10 @@ class _PgTransaction(SqlTransaction):
     def _write(self, statement: str, params: Sequence[Any] = ()) -> None:
         if self._read_only:
             raise RuntimeError(f"a read-only transaction cannot write: {statement[:60]}")
+        if self._ended and not statement.startswith("NOTIFY"):
+            raise RuntimeError(
+                f"the transaction was committed with its last write: {statement[:60]}"
+            )
         self._held.append((self._dialect.sql(statement), tuple(params)))
 
     def _check_read(self, statement: str) -> None:
@@ -158,6 +164,21 @@ class _PgTransaction(SqlTransaction):
                 cursors.append(super()._execute(statement, params))
         return [cursor.fetchall() for cursor in cursors]
 
+    def _execute_last(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        """The held writes, this statement and ``COMMIT``, in one round trip.
+
+        What the transaction reads afterwards, it reads outside it; a
+        ``NOTIFY`` decided afterwards goes out alone once the body is done.
+        """
+        self._check_read(statement)
+        with self._pg.pipeline():
+            self._send_held()
+            cursor = super()._execute(statement, params)
+            self._held.append(("COMMIT", ()))
+            self._send_held()
+        self._ended = True
+        return cursor
+
     def flush(self) -> None:
         if len(self._held) < 2:
             self._send_held()
@@ -169,6 +190,9 @@ class _PgTransaction(SqlTransaction):
         """Send the writes still held and ``COMMIT``, in one round trip."""
         if self._read_only:
             return  # every statement was a transaction of its own
+        if self._ended:
+            self.flush()  # a NOTIFY decided after the commit, if any
+            return
         if not self._open and len(self._held) == 1:
             self._held = []  # only the BEGIN: nothing was asked of the server
             return

@@ -449,6 +449,10 @@ class SqlTransaction(StorageTransaction):
         """The rows of each read, run in order; a backend may send them in one round trip."""
         return [self._execute(statement, params).fetchall() for statement, params in reads]
 
+    def _execute_last(self, statement: str, params: Sequence[Any] = ()) -> Cursor:
+        """The transaction's last write, whose result is read; a backend may commit with it."""
+        return self._execute(statement, params)
+
     def get_run(self, run_id: str, *, lock: bool = False) -> StoredRun | None:
         """The run, locked until commit when ``lock``."""
         found = self._select_runs("run_id = ?", (run_id,), lock)
@@ -655,20 +659,37 @@ class SqlTransaction(StorageTransaction):
         tokens: Callable[[], str],
         *,
         known: Collection[str] = (),
+        start: bool = False,
+        last: bool = False,
     ) -> tuple[list[StoredStep], dict[str, StoredRun]]:
         """Claim, and read the claimed steps' runs; on PostgreSQL in one round trip.
 
         One statement picks, locks and leases the oldest steps, each with its
         own token, and returns each with its run (read, not locked) and, when
-        this transaction has not read the clock yet, the clock.
+        this transaction has not read the clock yet, the clock. With
+        ``start`` it also marks the PENDING runs among them RUNNING (locked
+        in id order first, so that claims starting the same runs wait for
+        each other rather than deadlock). With ``last`` the commit goes in
+        the same round trip.
         """
         if self._dialect.name != "postgresql":
-            return super().claim_steps_with_runs(worker_id, workflows, limit, tokens, known=known)
+            return super().claim_steps_with_runs(
+                worker_id, workflows, limit, tokens, known=known, start=start, last=last
+            )
         if not workflows or limit < 1:
             return [], {}
         keys = " OR ".join("(workflow_id = ? AND version = ?)" for _ in workflows)
         key_values = tuple(part for key in workflows for part in key)
-        rows = self._execute(
+        starting = (
+            "starting AS MATERIALIZED (SELECT run_id FROM fuseline_runs "
+            "WHERE status = 'PENDING' AND run_id IN (SELECT pr FROM picked) "
+            "ORDER BY run_id FOR UPDATE), "
+            "started AS (UPDATE fuseline_runs AS u SET status = 'RUNNING' FROM starting "
+            "WHERE u.run_id = starting.run_id AND u.status = 'PENDING') "
+            if start
+            else ""
+        )
+        statement = (
             "WITH clock AS (SELECT coalesce(?::float8, "
             "extract(epoch FROM clock_timestamp())::float8) AS t), "
             "locked AS MATERIALIZED (SELECT run_id AS pr, step_name AS ps, "
@@ -676,16 +697,17 @@ class SqlTransaction(StorageTransaction):
             f"WHERE status = 'PENDING' AND ({keys}) "
             f"ORDER BY ready_at LIMIT ?{self._dialect.skip_locked}), "
             "picked AS (SELECT pr, ps, row_number() OVER (ORDER BY ra, pr, ps) AS n "
-            "FROM locked) "
+            f"FROM locked){', ' if start else ' '}{starting}"
             "UPDATE fuseline_steps AS s SET status = 'RUNNING', attempt = s.attempt + 1, "
             "worker_id = ?, lease_token = (?::text[])[picked.n], "
             "deadline = clock.t + s.lease_seconds, started_at = clock.t "
             "FROM picked, clock, fuseline_runs AS r "
             "WHERE s.run_id = picked.pr AND s.step_name = picked.ps AND r.run_id = picked.pr "
             f"RETURNING {_qualified('s', _STEP_COLUMNS)}, clock.t, "
-            f"{_qualified('r', _RUN_COLUMNS)}",
-            (self._now, *key_values, limit, worker_id, [tokens() for _ in range(limit)]),
-        ).fetchall()
+            f"{_qualified('r', _RUN_COLUMNS)}"
+        )
+        params = (self._now, *key_values, limit, worker_id, [tokens() for _ in range(limit)])
+        rows = (self._execute_last if last else self._execute)(statement, params).fetchall()
         width = len(_STEP_COLUMNS.split(", "))
         if rows and self._now is None:
             self._now = float(rows[0][width])
