@@ -58,7 +58,7 @@ class Dialect:
         skip_locked: Suffix that locks rows and passes over those another
             transaction holds.
         seq_column: Definition of an auto-numbered primary key column.
-        clock: A query that returns the server's time in epoch seconds, or
+        clock: An expression for the server's time in epoch seconds, or
             None to read this machine's clock.
     """
 
@@ -88,7 +88,7 @@ POSTGRESQL = Dialect(
     lock=" FOR UPDATE",
     skip_locked=" FOR UPDATE SKIP LOCKED",
     seq_column="seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
-    clock="SELECT extract(epoch FROM clock_timestamp())::float8",
+    clock="extract(epoch FROM clock_timestamp())::float8",
 )
 
 SCHEMA_VERSION = 1
@@ -284,13 +284,17 @@ class SqlTransaction(StorageTransaction):
         """Settle the wake-ups; backends call this just before COMMIT."""
         self.settle_wakeups()
 
+    def _clock_unread(self) -> str | None:
+        """The server's clock expression, while this transaction has not read it yet."""
+        return self._dialect.clock if self._now is None else None
+
     def now(self) -> float:
         """The storage clock, read once per transaction."""
         if self._now is None:
             if self._dialect.clock is None:
                 self._now = self._clock()
             else:
-                self._now = float(self._execute(self._dialect.clock).fetchone()[0])
+                self._now = float(self._execute(f"SELECT {self._dialect.clock}").fetchone()[0])
         return self._now
 
     # -- schemas ------------------------------------------------------------------
@@ -378,10 +382,10 @@ class SqlTransaction(StorageTransaction):
         When the clock was not read yet and is the server's, the insert reads
         it: the run's ``created_at`` comes back with its ``seq``.
         """
-        clock = self._now is None and self._dialect.clock is not None
-        if not clock:
+        clock = self._clock_unread()
+        if clock is None:
             run.created_at = self.now()
-        created_at = "extract(epoch FROM clock_timestamp())::float8" if clock else "?"
+        created_at = clock or "?"
         values = (
             run.run_id,
             run.workflow_id,
@@ -427,8 +431,8 @@ class SqlTransaction(StorageTransaction):
         extra column: most transactions that read a run need it next.
         """
         suffix = self._dialect.lock if lock else ""
-        clock = self._now is None and self._dialect.clock is not None
-        extra = ", extract(epoch FROM clock_timestamp())::float8" if clock else ""
+        clock = self._clock_unread()
+        extra = f", {clock}" if clock else ""
         return f"SELECT {_RUN_COLUMNS}{extra} FROM fuseline_runs WHERE {where}{suffix}", tuple(
             params
         )
@@ -690,8 +694,7 @@ class SqlTransaction(StorageTransaction):
             else ""
         )
         statement = (
-            "WITH clock AS (SELECT coalesce(?::float8, "
-            "extract(epoch FROM clock_timestamp())::float8) AS t), "
+            f"WITH clock AS (SELECT coalesce(?::float8, {self._dialect.clock}) AS t), "
             "locked AS MATERIALIZED (SELECT run_id AS pr, step_name AS ps, "
             "ready_at AS ra FROM fuseline_steps "
             f"WHERE status = 'PENDING' AND ({keys}) "
