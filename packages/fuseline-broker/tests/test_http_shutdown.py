@@ -83,7 +83,7 @@ def test_long_polls_in_flight_do_not_hold_the_shutdown(http_server: Any, tmp_pat
     assert not polling.is_alive(), "the long poll outlived the server"
     # The held poll was answered (no step for now) before the server went away.
     (answer,) = answers
-    assert isinstance(answer, httpx.Response), answer
+    assert isinstance(answer, httpx.Response), (answer, server.log())
     assert answer.status_code == 200 and answer.json() == {"assignments": []}
 
 
@@ -108,3 +108,25 @@ def _schema() -> Any:
     from fuseline.workflow import WorkflowSchema
 
     return WorkflowSchema.model_validate(SCHEMA)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_stopping_process_sees_which_answers_are_still_to_be_written() -> None:
+    # The stop waits until the connections that carried the last answers are
+    # closed: only connections to this process's listening ports count.
+    import socket
+
+    from fuseline.broker.http._serve import open_connections
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        before = open_connections()
+        assert before is not None
+        with socket.create_connection(listener.getsockname()) as client:
+            served, _ = listener.accept()
+            with served:
+                now_open = open_connections()
+                assert now_open is not None
+                assert now_open - before == {os.fstat(served.fileno()).st_ino}
+                # The client's end is not one of the server's connections.
+                assert os.fstat(client.fileno()).st_ino not in now_open
+        assert open_connections() == before

@@ -38,6 +38,9 @@ log = logging.getLogger("fuseline.broker.http")
 _KILL_MARGIN = 2.0
 _POLL = 0.25
 _FLUSH_SECONDS = 0.25
+# How long answers may take to be written past the grace (within _KILL_MARGIN).
+_FLUSH_MAX = 1.0
+_FLUSH_POLL = 0.01
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,20 +222,20 @@ def _stop_when_told(stop_read: int, service: Service, grace: float) -> None:
                 break
         except InterruptedError:
             continue
+    # From now on every request is answered with "Connection: close" (new
+    # ones with 503), so the web server closes each connection once its
+    # answer is written. The web server itself is not asked to stop: on
+    # SIGTERM, Robyn's (actix) was seen to drop the connections of requests
+    # still in flight, answer unsent, about one time in ten under load.
     service.state.stopping.set()
-    # Robyn's web server (actix) stops accepting connections and closes idle
-    # ones on SIGTERM, while requests in flight go on; its handler is in place
-    # once the server runs.
-    os.kill(os.getpid(), signal.SIGTERM)
+    answering = service.state.inflight
+    connections = open_connections()
+    deadline = time.monotonic() + grace
     if not service.state.wait_idle(grace):
-        log.warning(
-            "%d request(s) still running after %.1f s; stopping anyway.",
-            service.state.inflight,
-            grace,
-        )
-    # A handler that has returned may not have had its response written to
-    # the socket yet, and the web server offers no signal for that.
-    time.sleep(_FLUSH_SECONDS)
+        unanswered = service.state.inflight
+        log.warning("%d request(s) still running after %.1f s; stopping anyway.", unanswered, grace)
+        answering = max(0, answering - unanswered)
+    _let_answers_out(answering, connections, max(deadline, time.monotonic() + _FLUSH_MAX))
     try:
         service.close()
     except Exception:
@@ -240,5 +243,64 @@ def _stop_when_told(stop_read: int, service: Service, grace: float) -> None:
     for handler in logging.getLogger().handlers:
         handler.flush()
     # The web server runs in threads the Robyn runtime owns and offers no way
-    # to stop from here; leaving the process directly is the clean way out.
+    # to stop from here; leaving the process directly is the clean way out
+    # (the kernel closes the connections left, idle ones).
     os._exit(0)
+
+
+def _let_answers_out(answering: int, connections: set[int] | None, until: float) -> None:
+    """Wait until the answers of the requests that were in flight reached the socket.
+
+    A handler that has returned may not have had its answer written yet, and
+    the web server offers no signal for that; under load, writing it can take
+    longer than any fixed pause. Each of those answers closes its connection
+    once written, so this waits until ``answering`` of ``connections`` (the
+    ones open when the stop began) are gone, or ``until``. Where the open
+    connections cannot be read, and for answers to requests that arrived
+    during the stop, a short pause has to do.
+    """
+    started = time.monotonic()
+    while connections is not None and answering and time.monotonic() < until:
+        still_open = open_connections()
+        if still_open is None or len(connections - still_open) >= answering:
+            break
+        time.sleep(_FLUSH_POLL)
+    time.sleep(max(0.0, _FLUSH_SECONDS - (time.monotonic() - started)))
+
+
+_TCP_LISTEN = "0A"
+_TCP_ESTABLISHED = "01"
+
+
+def open_connections() -> set[int] | None:
+    """The socket inodes of this process's open connections to its listening ports.
+
+    Read from ``/proc`` (Linux); None elsewhere or when it cannot be read.
+    Other connections of the process (to the database) are left out.
+    """
+    try:
+        ours = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue  # closed meanwhile
+            if target.startswith("socket:["):
+                ours.add(int(target[8:-1]))
+        rows = []
+        for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+            try:
+                lines = open(table, encoding="ascii")  # noqa: SIM115 - closed below
+            except FileNotFoundError:
+                continue  # no IPv6 on this machine
+            with lines:
+                next(lines)  # the header
+                for line in lines:
+                    fields = line.split()
+                    inode = int(fields[9])
+                    if inode in ours:
+                        rows.append((fields[1].rsplit(":", 1)[1], fields[3], inode))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    listening = {port for port, state, _ in rows if state == _TCP_LISTEN}
+    return {inode for port, state, inode in rows if state == _TCP_ESTABLISHED and port in listening}
