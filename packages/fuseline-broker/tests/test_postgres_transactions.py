@@ -268,30 +268,83 @@ def test_a_last_claim_carries_the_commit(
     assert [row.status for row in stored[1]["r-claim"]] == [Status.RUNNING]
 
 
-def test_work_left_after_a_last_claim_is_announced_after_the_commit(
-    storage: PostgresStorage, postgres_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Another broker process learns of the step this transaction queued and
-    # did not claim, though the NOTIFY could only be decided after the COMMIT.
+@pytest.fixture
+def other_process(postgres_url: str) -> Iterator[PostgresStorage]:
+    """The storage of another broker process, listening for notifications."""
     other = PostgresStorage(postgres_url, max_connections=1)
     try:
         assert other.listening.wait(10)
-        since = other.work.generation
-        sent = _RoundTrips()
-
-        def body(t: StorageTransaction) -> None:
-            assert t.add_run(StoredRun("r-two", "wf", "1", {}, Status.PENDING))
-            t.add_steps(
-                [
-                    StoredStep("r-two", name, "wf", "1", Status.PENDING, ready_at=t.now())
-                    for name in ("a", "b")
-                ]
-            )
-            t.claim_steps_with_runs("w-two", [("wf", "1")], 1, lambda: "token", last=True)
-
-        with sent.watching(monkeypatch):
-            storage.atomic(body)
-        assert sent.heads()[-2:] == [["INSERT", "INSERT", "WITH", "COMMIT"], ["NOTIFY"]]
-        assert other.work.wait(since, 10), "the other process was not told of the queued step"
+        yield other
     finally:
         other.close()
+
+
+def test_work_left_after_a_last_claim_is_announced_after_the_commit(
+    storage: PostgresStorage, other_process: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another broker process learns of the step this transaction queued and
+    # did not claim, though the NOTIFY could only be decided after the COMMIT.
+    since = other_process.work.generation
+    sent = _RoundTrips()
+
+    def body(t: StorageTransaction) -> None:
+        assert t.add_run(StoredRun("r-two", "wf", "1", {}, Status.PENDING))
+        t.add_steps(
+            [
+                StoredStep("r-two", name, "wf", "1", Status.PENDING, ready_at=t.now())
+                for name in ("a", "b")
+            ]
+        )
+        t.claim_steps_with_runs("w-two", [("wf", "1")], 1, lambda: "token", last=True)
+
+    with sent.watching(monkeypatch):
+        storage.atomic(body)
+    assert sent.heads()[-2:] == [["INSERT", "INSERT", "WITH", "COMMIT"], ["NOTIFY"]]
+    assert other_process.work.wait(since, 10), "the other process was not told of the queued step"
+
+
+def test_a_run_with_its_first_steps_is_one_round_trip_with_the_commit(
+    storage: PostgresStorage, other_process: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dispatch that claims nothing: the run, its steps, the NOTIFY for the
+    # steps (another broker process hears of them) and COMMIT travel together.
+    since = other_process.work.generation
+    sent = _RoundTrips()
+    run = StoredRun("r-one", "wf", "1", {}, Status.PENDING)
+
+    def body(t: StorageTransaction) -> bool:
+        stored = t.add_run_with_steps(
+            run, [StoredStep("r-one", "a", "wf", "1", Status.PENDING)], last=True
+        )
+        with pytest.raises(RuntimeError, match="committed with its last write"):
+            t.touch_worker("w-one", 5.0)
+        return stored
+
+    with sent.watching(monkeypatch):
+        assert storage.atomic(body)
+    assert sent.heads() == [["BEGIN", "WITH", "NOTIFY", "COMMIT"]]
+    assert other_process.work.wait(since, 10), "the other process was not told of the new step"
+    (row,) = storage.atomic(lambda t: t.steps_of("r-one"), write=False)
+    assert row.ready_at == run.created_at > 0
+
+
+def test_a_run_with_its_first_steps_leaves_room_for_a_claim(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dispatch that serves a waiting worker: the claim carries COMMIT, and
+    # no NOTIFY goes out for the step it took.
+    sent = _RoundTrips()
+
+    def body(t: StorageTransaction) -> list[StoredStep]:
+        assert t.add_run_with_steps(
+            StoredRun("r-wait", "wf", "1", {}, Status.PENDING),
+            [StoredStep("r-wait", "a", "wf", "1", Status.PENDING)],
+        )
+        return t.claim_steps_with_runs(
+            "w-wait", [("wf", "1")], 1, lambda: "token", start=True, last=True
+        )[0]
+
+    with sent.watching(monkeypatch):
+        (claimed,) = storage.atomic(body)
+    assert sent.heads() == [["BEGIN", "WITH"], ["WITH", "COMMIT"]]
+    assert claimed.run_id == "r-wait" and claimed.worker_id == "w-wait"

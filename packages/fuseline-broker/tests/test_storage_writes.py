@@ -166,3 +166,36 @@ def test_an_undone_prune_leaves_the_runs_listed_newest_first(broker: StorageBrok
         broker.storage.atomic(body)
     assert [run.run_id for run in broker.list_runs().items] == [*reversed(later), first]
     assert [run.run_id for run in broker.list_runs(limit=1).items] == [later[1]]
+
+
+@pytest.mark.parametrize("last", [False, True], ids=["more-to-come", "last"])
+def test_a_run_and_its_first_steps_are_stored_together_or_not_at_all(
+    broker: StorageBroker, last: bool
+) -> None:
+    def first_steps(run_id: str) -> list[StoredStep]:
+        return [
+            StoredStep(run_id, "a", "wf", "1", Status.PENDING),
+            StoredStep(run_id, "b", "wf", "1", Status.SKIPPED),
+        ]
+
+    def dispatch(run_id: str) -> tuple[bool, StoredRun]:
+        run = StoredRun(run_id, "wf", "1", {}, Status.PENDING, idempotency_key="same")
+        stored = broker.storage.atomic(
+            lambda t: t.add_run_with_steps(run, first_steps(run_id), last=last)
+        )
+        return stored, run
+
+    stored, run = dispatch("r-first")
+    assert stored and run.created_at > 0
+    rows = {row.step_name: row for row in broker.storage.atomic(lambda t: t.steps_of("r-first"))}
+    # The steps' times are the run's: they were created with it.
+    assert rows["a"].status is Status.PENDING
+    assert rows["a"].ready_at == run.created_at and rows["a"].finished_at is None
+    assert rows["b"].status is Status.SKIPPED
+    assert rows["b"].ready_at == rows["b"].finished_at == run.created_at
+
+    # The key is taken: neither the run nor its steps are stored.
+    stored, _ = dispatch("r-second")
+    assert not stored
+    assert broker.storage.atomic(lambda t: t.get_run("r-second")) is None
+    assert broker.storage.atomic(lambda t: t.steps_of("r-second")) == []

@@ -57,6 +57,10 @@ class Catalog:
         stored.ensure_compatible_with(schema)
         return self._graphs.setdefault(schema.key, RunGraph(stored))
 
+    def was_stored(self, graph: RunGraph) -> bool:
+        """Whether ``graph`` came from storage, rather than from :meth:`store` writing it now."""
+        return self._graphs.get(graph.schema.key) is graph
+
     def graph(self, t: StorageTransaction, key: WorkflowKey) -> RunGraph:
         """The stored schema under ``key``.
 

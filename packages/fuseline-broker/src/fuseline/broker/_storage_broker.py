@@ -221,12 +221,17 @@ class StorageBroker(Broker):
                 idempotency_key=idempotency_key,
                 request_hash=fingerprint,
             )
-            if not t.add_run(run):
+            # The first steps' times are the run's, which the storage sets.
+            first = self._runs.rows_for(graph, run, rules.start(graph), 0.0)
+            # With no waiter to claim for, nothing follows the run, and when
+            # the schema was stored before, nothing came before it either: the
+            # storage may commit with it (a refused repeat then wrote nothing).
+            last = waiter is None and self._catalog.was_stored(graph)
+            if not t.add_run_with_steps(run, first, last=last):
                 raced = t.find_run_by_key(idempotency_key or "")
                 if raced is None:  # pragma: no cover - only the key can collide
                     raise IdempotencyConflictError("The run could not be stored; try again.")
                 return same_request(raced)
-            self._runs.apply(t, graph, run, rules.start(graph), run.created_at)
             if waiter is not None:
                 handed.extend(self._claim_for(t, waiter))
             return run_id

@@ -71,13 +71,20 @@ class RunTransitions:
         now: float,
     ) -> list[StoredStep]:
         """Create the rows a settlement calls for; return them."""
+        rows = self.rows_for(graph, run, settlement, now)
+        t.add_steps(rows)
+        return rows
+
+    def rows_for(
+        self, graph: RunGraph, run: StoredRun, settlement: Settlement, now: float
+    ) -> list[StoredStep]:
+        """The rows a settlement calls for, not stored yet."""
         rows = [
             self.new_step(graph, run, ready.name, Status.PENDING, now, ready.or_winners)
             for ready in settlement.ready
         ]
         rows += [self.new_step(graph, run, n, Status.SKIPPED, now) for n in settlement.skipped]
         rows += [self.new_step(graph, run, n, Status.CANCELLED, now) for n in settlement.cancelled]
-        t.add_steps(rows)
         return rows
 
     def conclude(

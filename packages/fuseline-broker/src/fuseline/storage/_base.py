@@ -196,6 +196,26 @@ class StorageTransaction(ABC):
         Backends whose clock is a query may read it with the insert.
         """
 
+    def add_run_with_steps(
+        self, run: StoredRun, steps: Sequence[StoredStep], *, last: bool = False
+    ) -> bool:
+        """:meth:`add_run`, then :meth:`add_steps` of its first ``steps``.
+
+        The steps are created when the run is: their ``ready_at``, and the
+        ``finished_at`` of those that are not PENDING, become the run's
+        ``created_at``. False, and nothing stored, when the run's
+        idempotency key is taken. With ``last`` the caller writes nothing
+        more in this transaction, so a backend may commit with it.
+        """
+        if not self.add_run(run):
+            return False
+        for step in steps:
+            step.ready_at = run.created_at
+            if step.status is not Status.PENDING:
+                step.finished_at = run.created_at
+        self.add_steps(steps)
+        return True
+
     @abstractmethod
     def find_run_by_key(self, idempotency_key: str) -> StoredRun | None:
         """The run created with that idempotency key, if any."""

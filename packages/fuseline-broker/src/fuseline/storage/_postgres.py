@@ -105,8 +105,10 @@ class _PgTransaction(SqlTransaction):
         # Held writes all go through one cursor: nothing reads their results,
         # and a new cursor per statement costs a third of psycopg's work.
         self._writer: psycopg.Cursor[Any] | None = None
-        # Whether COMMIT went out with the last write (see _execute_last).
+        # Whether COMMIT went out with the last write, and whether the wake-ups
+        # were settled before it (see _execute_last).
         self._ended = False
+        self._settled = False
         # Sent as the NOTIFY payload, so that this process's listener can skip
         # its own notifications: this process already woke its waiters.
         self._sender = sender
@@ -164,16 +166,23 @@ class _PgTransaction(SqlTransaction):
                 cursors.append(super()._execute(statement, params))
         return [cursor.fetchall() for cursor in cursors]
 
-    def _execute_last(self, statement: str, params: Sequence[Any] = ()) -> Any:
+    def _execute_last(
+        self, statement: str, params: Sequence[Any] = (), *, settled: bool = False
+    ) -> Any:
         """The held writes, this statement and ``COMMIT``, in one round trip.
 
-        What the transaction reads afterwards, it reads outside it; a
-        ``NOTIFY`` decided afterwards goes out alone once the body is done.
+        What the transaction reads afterwards, it reads outside it. A
+        ``NOTIFY`` goes before the ``COMMIT`` when ``settled`` (the caller
+        knows what the transaction wakes), and otherwise, when one is decided
+        afterwards, out alone once the body is done.
         """
         self._check_read(statement)
         with self._pg.pipeline():
             self._send_held()
             cursor = super()._execute(statement, params)
+            if settled:
+                self.before_commit()
+                self._settled = True
             self._held.append(("COMMIT", ()))
             self._send_held()
         self._ended = True
@@ -207,6 +216,8 @@ class _PgTransaction(SqlTransaction):
                 self._pg.execute("ROLLBACK")
 
     def before_commit(self) -> None:
+        if self._settled:
+            return  # settled and announced with the commit (see _execute_last)
         super().before_commit()
         # NOTIFY is delivered at commit wherever it stands in the transaction,
         # so the one for work is decided last, once this transaction's claims

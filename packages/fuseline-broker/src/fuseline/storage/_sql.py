@@ -175,6 +175,28 @@ _STEP_COLUMNS = (
     "worker_id, lease_token, deadline, result, error, branch, finish_order, or_winners, "
     "ready_at, started_at, finished_at"
 )
+_STEP_NAMES = _STEP_COLUMNS.split(", ")
+# The SQL types of the step columns, in order, for rows sent as VALUES.
+_STEP_TYPES = (
+    *("text",) * 5,
+    "integer",
+    "integer",
+    "double precision",
+    "text",
+    "text",
+    "double precision",
+    "text",
+    "text",
+    "text",
+    "integer",
+    "text",
+    *("double precision",) * 3,
+)
+# A run's first steps are created when the run is.
+_FIRST_STEP_PICKS = {
+    "ready_at": "new_run.created_at",
+    "finished_at": "CASE WHEN v.status = 'PENDING' THEN NULL ELSE new_run.created_at END",
+}
 _RUN_COLUMNS = (
     "run_id, workflow_id, version, inputs, status, created_at, finished_at, cancel_requested, "
     "result, finished_steps, idempotency_key, request_hash, seq"
@@ -382,10 +404,60 @@ class SqlTransaction(StorageTransaction):
         When the clock was not read yet and is the server's, the insert reads
         it: the run's ``created_at`` comes back with its ``seq``.
         """
+        row = self._execute(*self._run_insert(run)).fetchone()
+        return self._run_inserted(run, row)
+
+    def add_run_with_steps(
+        self, run: StoredRun, steps: Sequence[StoredStep], *, last: bool = False
+    ) -> bool:
+        """The run and its first steps in one statement (PostgreSQL).
+
+        The steps take their times from the run's ``created_at`` in SQL, and
+        are inserted only when the run is. With ``last``, the statement
+        carries ``COMMIT``, and the ``NOTIFY`` for the new steps before it.
+        """
+        if not steps or self._dialect.name != "postgresql":
+            return super().add_run_with_steps(run, steps, last=last)
+        ready = [step for step in steps if step.status is Status.PENDING]
+        for step in ready:
+            self._made_ready(step)
+        run_insert, run_values = self._run_insert(run)
+        row_marks = "(" + ", ".join(f"?::{kind}" for kind in _STEP_TYPES) + ")"
+        picked = ", ".join(_FIRST_STEP_PICKS.get(column, f"v.{column}") for column in _STEP_NAMES)
+        statement = (
+            f"WITH new_run AS ({run_insert}), "
+            f"new_steps AS (INSERT INTO fuseline_steps ({_STEP_COLUMNS}) SELECT {picked} "
+            f"FROM new_run, (VALUES {', '.join([row_marks] * len(steps))}) "
+            f"AS v({_STEP_COLUMNS})) "
+            "SELECT seq, created_at FROM new_run"
+        )
+        params = [*run_values, *(value for step in steps for value in _step_values(step))]
+        if last:
+            cursor = self._execute_last(statement, params, settled=True)
+        else:
+            cursor = self._execute(statement, params)
+        if not self._run_inserted(run, cursor.fetchone()):
+            # Nothing was stored, so nothing was queued (a NOTIFY sent with
+            # the commit only wakes claims that then find nothing).
+            if self._queued:
+                self._queued.difference_update((s.run_id, s.step_name) for s in ready)
+            self.work_changed = self._wake_anyway or bool(self._queued)
+            return False
+        for step in steps:
+            step.ready_at = run.created_at
+            if step.status is not Status.PENDING:
+                step.finished_at = run.created_at
+        return True
+
+    def _run_insert(self, run: StoredRun) -> tuple[str, tuple[Any, ...]]:
+        """The statement that inserts ``run`` unless its key is taken, and its values.
+
+        It returns the run's ``seq`` and ``created_at``, which is the
+        server's clock when that was not read yet.
+        """
         clock = self._clock_unread()
         if clock is None:
             run.created_at = self.now()
-        created_at = clock or "?"
         values = (
             run.run_id,
             run.workflow_id,
@@ -400,18 +472,22 @@ class SqlTransaction(StorageTransaction):
             run.idempotency_key,
             run.request_hash,
         )
-        row = self._execute(
+        statement = (
             "INSERT INTO fuseline_runs (run_id, workflow_id, version, inputs, status, "
             "created_at, finished_at, cancel_requested, result, finished_steps, "
-            f"idempotency_key, request_hash) VALUES (?, ?, ?, ?, ?, {created_at}, "
-            "?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING seq, created_at",
-            values,
-        ).fetchone()
+            f"idempotency_key, request_hash) VALUES (?, ?, ?, ?, ?, {clock or '?'}, "
+            "?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING seq, created_at"
+        )
+        return statement, values
+
+    def _run_inserted(self, run: StoredRun, row: Sequence[Any] | None) -> bool:
+        """Whether the run's insert stored it; notes its ``seq`` and the clock it read."""
         if row is None:
             return False
         run.seq = row[0]
-        if clock:
-            self._now = run.created_at = float(row[1])
+        if self._now is None:
+            self._now = float(row[1])
+        run.created_at = float(row[1])
         return True
 
     def find_run_by_key(self, idempotency_key: str) -> StoredRun | None:
@@ -453,8 +529,14 @@ class SqlTransaction(StorageTransaction):
         """The rows of each read, run in order; a backend may send them in one round trip."""
         return [self._execute(statement, params).fetchall() for statement, params in reads]
 
-    def _execute_last(self, statement: str, params: Sequence[Any] = ()) -> Cursor:
-        """The transaction's last write, whose result is read; a backend may commit with it."""
+    def _execute_last(
+        self, statement: str, params: Sequence[Any] = (), *, settled: bool = False
+    ) -> Cursor:
+        """The transaction's last write, whose result is read; a backend may commit with it.
+
+        ``settled``: what the transaction wakes is known before the statement
+        runs, so a backend may send its notifications with the commit.
+        """
         return self._execute(statement, params)
 
     def get_run(self, run_id: str, *, lock: bool = False) -> StoredRun | None:
