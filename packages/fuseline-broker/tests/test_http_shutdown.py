@@ -46,7 +46,13 @@ def test_a_signal_stops_every_process(http_server: Any, tmp_path: Path, signum: 
     assert "Stopped." in server.log()
 
 
-def test_long_polls_in_flight_do_not_hold_the_shutdown(http_server: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("whole_group", [False, True], ids=["supervisor", "whole-group"])
+def test_long_polls_in_flight_do_not_hold_the_shutdown(
+    http_server: Any, tmp_path: Path, whole_group: bool
+) -> None:
+    # whole-group: SIGTERM reaches every process of the server at once, as
+    # systemd sends it; the server processes leave the decision to the
+    # supervisor, so the poll is answered all the same.
     server: RunningServer = http_server(
         "--max-wait",
         "30",
@@ -78,13 +84,43 @@ def test_long_polls_in_flight_do_not_hold_the_shutdown(http_server: Any, tmp_pat
         PROMPTLY,
         "the server to hold the long poll",
     )
-    assert server.stop(signal.SIGTERM, timeout=PROMPTLY) == 0
+    if whole_group:
+        os.killpg(server.pid, signal.SIGTERM)
+        assert server.process.wait(PROMPTLY) == 0
+        server.stopped_with = 0
+    else:
+        assert server.stop(signal.SIGTERM, timeout=PROMPTLY) == 0
     polling.join(PROMPTLY)
     assert not polling.is_alive(), "the long poll outlived the server"
     # The held poll was answered (no step for now) before the server went away.
     (answer,) = answers
     assert isinstance(answer, httpx.Response), (answer, server.log())
     assert answer.status_code == 200 and answer.json() == {"assignments": []}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_server_process_leaves_sigterm_to_the_supervisor(
+    http_server: Any, tmp_path: Path
+) -> None:
+    server: RunningServer = http_server(database_url=f"sqlite:///{tmp_path / 'term.sqlite3'}")
+    (child,) = wait_until(
+        lambda: [pid for pid in group_members(server.pid) if pid != server.pid],
+        PROMPTLY,
+        "the server process",
+    )
+    os.kill(child, signal.SIGTERM)
+    # The signal waits, blocked, and the process goes on serving.
+    wait_until(lambda: _pending_signals(child) & (1 << (signal.SIGTERM - 1)), PROMPTLY, "SIGTERM")
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert server.stop(signal.SIGTERM, timeout=PROMPTLY) == 0
+
+
+def _pending_signals(pid: int) -> int:
+    """The signals pending for the process as a whole (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no ShdPnd line")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

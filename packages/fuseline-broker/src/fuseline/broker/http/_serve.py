@@ -202,6 +202,11 @@ def _server_process(
     os.close(stop_write)
     # A Ctrl+C reaches the whole process group; the supervisor decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # So may a SIGTERM (systemd sends it to every process of the service),
+    # and Robyn's web server would act on it: it stops, and was seen to drop
+    # requests in flight. Blocked here, before any thread starts, it stays
+    # blocked in every thread of the process; the supervisor decides.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     broker = cast(FullBroker, open_broker(target, config))
     service = Service(config, broker, target.kind)
     app = build_app(config, service)
