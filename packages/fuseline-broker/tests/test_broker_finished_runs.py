@@ -13,7 +13,7 @@ import pytest
 from broker_contract_support import HandWorker, schema
 
 from fuseline.broker import StorageBroker
-from fuseline.errors import RunNotFoundError
+from fuseline.errors import RunNotFoundError, WaitTimeoutError
 from fuseline.status import Status
 from fuseline.storage import MemoryStorage, StorageTransaction
 
@@ -67,6 +67,23 @@ def test_waiting_on_a_run_finished_here_reads_nothing_until_it_is_pruned() -> No
         assert broker.prune_runs(older_than=-1) == 1
         with pytest.raises(RunNotFoundError):
             broker.wait_for_run(run_id, 0)
+    finally:
+        broker.close()
+
+
+def test_a_wait_whose_time_is_up_reads_the_run_once() -> None:
+    storage = _CountingStorage()
+    broker = StorageBroker(storage, sweep_interval=0)
+    # Another broker process: it did not dispatch the run, so it must read it.
+    other = StorageBroker(storage, sweep_interval=0)
+    try:
+        single = schema("finished-once", steps=["only"])
+        HandWorker(broker, [single])
+        run_id = broker.dispatch_workflow(single)
+        before = storage.transactions
+        with pytest.raises(WaitTimeoutError, match="still PENDING"):
+            other.wait_for_run(run_id, 0)
+        assert storage.transactions == before + 1
     finally:
         broker.close()
 

@@ -480,10 +480,12 @@ class StorageBroker(Broker):
         Raises:
             WaitTimeoutError: ``timeout`` seconds passed first.
         """
-        details = self.await_run(run_id, timeout)
+        details, read_late = self._await_run(run_id, timeout)
         if details is not None:
             return details
-        details = self.get_run(run_id)
+        # A last look, unless the run was just read with the time up (a
+        # wait of 0 s reads the run once).
+        details = read_late or self.get_run(run_id)
         if details.status.is_terminal:
             return details
         raise WaitTimeoutError(
@@ -502,12 +504,18 @@ class StorageBroker(Broker):
         Raises:
             RunNotFoundError: No such run.
         """
+        return self._await_run(run_id, timeout)[0]
+
+    def _await_run(
+        self, run_id: str, timeout: float | None
+    ) -> tuple[RunDetails | None, RunDetails | None]:
+        """:meth:`await_run`, and the unfinished run when it was read with the time up."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             since = self.storage.runs.generation
             details = self._finished.get(run_id)
             if details is not None:
-                return details
+                return details, None
             now = time.monotonic()
             # A run dispatched here, or read unfinished, that no commit can
             # have ended since: no need to read it before waiting.
@@ -515,18 +523,19 @@ class StorageBroker(Broker):
             if unfinished_until is None:
                 details = self.get_run(run_id)
                 if details.status.is_terminal:
-                    return details
+                    return details, None
                 unfinished_until = now + self.storage.poll_interval
                 self._unfinished.saw(run_id, since, unfinished_until)
             remaining = 3600.0 if deadline is None else deadline - now
             if remaining <= 0:
-                return None
+                # Read after ``now``, so after the deadline, when read at all.
+                return None, details
             self._reap_if_due()
             hinted = self.storage.runs.wait(since, min(remaining, max(unfinished_until - now, 0.0)))
             # Unless a run finished meanwhile, a last look at the deadline
             # would only cost a transaction.
             if not hinted and deadline is not None and time.monotonic() >= deadline:
-                return None
+                return None, None
 
     def list_runs(
         self,
