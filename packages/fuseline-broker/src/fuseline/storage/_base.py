@@ -28,6 +28,7 @@ __all__ = [
     "StoredStep",
     "StoredWorker",
     "WorkflowKey",
+    "date_first_steps",
 ]
 
 T = TypeVar("T")
@@ -209,10 +210,7 @@ class StorageTransaction(ABC):
         """
         if not self.add_run(run):
             return False
-        for step in steps:
-            step.ready_at = run.created_at
-            if step.status is not Status.PENDING:
-                step.finished_at = run.created_at
+        date_first_steps(run, steps)
         self.add_steps(steps)
         return True
 
@@ -423,6 +421,18 @@ class StorageTransaction(ABC):
     @abstractmethod
     def notify_runs(self) -> None:
         """After commit, wake callers waiting for runs to finish."""
+
+
+def date_first_steps(run: StoredRun, steps: Sequence[StoredStep]) -> None:
+    """Date a new run's first ``steps`` from its ``created_at``.
+
+    They become ready when the run is created, and those that are not
+    PENDING finish then too.
+    """
+    for step in steps:
+        step.ready_at = run.created_at
+        if step.status is not Status.PENDING:
+            step.finished_at = run.created_at
 
 
 def _start(t: StorageTransaction, runs: Mapping[str, StoredRun]) -> None:

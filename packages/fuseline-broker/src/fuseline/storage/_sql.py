@@ -8,6 +8,7 @@ one set of statements serve both databases.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Collection, Sequence, Sized
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from fuseline.storage._base import (
     StoredStep,
     StoredWorker,
     WorkflowKey,
+    date_first_steps,
 )
 from fuseline.workflow import WorkflowSchema
 
@@ -202,6 +204,24 @@ _RUN_COLUMNS = (
     "result, finished_steps, idempotency_key, request_hash, seq"
 )
 _RUN_COLUMN_COUNT = _RUN_COLUMNS.count(",") + 1
+
+
+@functools.lru_cache(maxsize=64)
+def _run_with_steps_statement(run_insert: str, step_count: int) -> str:
+    """The statement that inserts a run and ``step_count`` first steps (PostgreSQL).
+
+    The steps are inserted only when the run is, dated from its ``created_at``.
+    Cached: the text depends only on the run's insert and the number of steps.
+    """
+    row_marks = "(" + ", ".join(f"?::{kind}" for kind in _STEP_TYPES) + ")"
+    picked = ", ".join(_FIRST_STEP_PICKS.get(column, f"v.{column}") for column in _STEP_NAMES)
+    return (
+        f"WITH new_run AS ({run_insert}), "
+        f"new_steps AS (INSERT INTO fuseline_steps ({_STEP_COLUMNS}) SELECT {picked} "
+        f"FROM new_run, (VALUES {', '.join([row_marks] * step_count)}) "
+        f"AS v({_STEP_COLUMNS})) "
+        "SELECT seq, created_at FROM new_run"
+    )
 
 
 def _qualified(alias: str, columns: str) -> str:
@@ -422,15 +442,7 @@ class SqlTransaction(StorageTransaction):
         for step in ready:
             self._made_ready(step)
         run_insert, run_values = self._run_insert(run)
-        row_marks = "(" + ", ".join(f"?::{kind}" for kind in _STEP_TYPES) + ")"
-        picked = ", ".join(_FIRST_STEP_PICKS.get(column, f"v.{column}") for column in _STEP_NAMES)
-        statement = (
-            f"WITH new_run AS ({run_insert}), "
-            f"new_steps AS (INSERT INTO fuseline_steps ({_STEP_COLUMNS}) SELECT {picked} "
-            f"FROM new_run, (VALUES {', '.join([row_marks] * len(steps))}) "
-            f"AS v({_STEP_COLUMNS})) "
-            "SELECT seq, created_at FROM new_run"
-        )
+        statement = _run_with_steps_statement(run_insert, len(steps))
         params = [*run_values, *(value for step in steps for value in _step_values(step))]
         if last:
             cursor = self._execute_last(statement, params, settled=True)
@@ -441,12 +453,9 @@ class SqlTransaction(StorageTransaction):
             # the commit only wakes claims that then find nothing).
             if self._queued:
                 self._queued.difference_update((s.run_id, s.step_name) for s in ready)
-            self.work_changed = self._wake_anyway or bool(self._queued)
+            self.settle_wakeups()
             return False
-        for step in steps:
-            step.ready_at = run.created_at
-            if step.status is not Status.PENDING:
-                step.finished_at = run.created_at
+        date_first_steps(run, steps)
         return True
 
     def _run_insert(self, run: StoredRun) -> tuple[str, tuple[Any, ...]]:
