@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from fuseline.errors import BrokerUnavailableError, MissingDependencyError
@@ -112,6 +112,11 @@ class _PgTransaction(SqlTransaction):
         # Sent as the NOTIFY payload, so that this process's listener can skip
         # its own notifications: this process already woke its waiters.
         self._sender = sender
+
+    @property
+    def ended_early(self) -> bool:
+        """Whether COMMIT went out with the last write (see :meth:`_execute_last`)."""
+        return self._ended
 
     def _write(self, statement: str, params: Sequence[Any] = ()) -> None:
         if self._read_only:
@@ -326,17 +331,52 @@ class PostgresStorage(RuntimeStorage):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _attempt(self, body: Callable[[StorageTransaction], T], *, read_only: bool) -> T:
+        failure: BaseException | None = None
         with self._pool.connection() as connection:
             transaction = _PgTransaction(connection, time.time, self._sender, read_only=read_only)
             try:
                 result = body(transaction)
                 transaction.before_commit()
                 transaction.commit()
-            except BaseException:
+            except BaseException as exc:
                 transaction.rollback()
-                raise
+                if not transaction.ended_early:
+                    raise
+                failure = exc
+        if failure is not None:
+            self._failed_after_commit(transaction)
+            raise failure
         self._committed(transaction)
         return result
+
+    def _failed_after_commit(self, transaction: _PgTransaction) -> None:
+        """Tidy up after a body that failed once its COMMIT had gone out with a claim.
+
+        What it wrote stands, so its waiters are woken and its callbacks
+        run. The steps it claimed reach no worker, since the caller answers
+        with the error: they go back to the queue now, rather than wait for
+        their leases to run out and lose an attempt. If the database is
+        unreachable for that too, the leases run out as they would for a
+        worker that died.
+        """
+        claimed = transaction.claimed_with_commit
+
+        def requeue(t: StorageTransaction) -> int:
+            return cast(SqlTransaction, t).give_back(claimed)
+
+        if claimed:
+            try:
+                given = self._attempt(requeue, read_only=False)
+            except Exception as exc:  # the caller hears of the original failure
+                log.warning(
+                    "could not requeue %d claimed steps after a failure (%s); "
+                    "their leases will run out",
+                    len(claimed),
+                    type(exc).__name__,
+                )
+            else:
+                log.info("requeued %d claimed steps whose claim failed after commit", given)
+        self._committed(transaction)
 
     def _listen(self) -> None:
         """Turn NOTIFY from any broker process into local wake-ups; reconnect on loss."""

@@ -39,6 +39,11 @@ class Cursor(Protocol):
         """The remaining rows."""
         ...
 
+    @property
+    def rowcount(self) -> int:
+        """How many rows the statement changed."""
+        ...
+
 
 class Connection(Protocol):
     """The part of a connection the statements use (sqlite3 and psycopg both have it)."""
@@ -311,6 +316,9 @@ class SqlTransaction(StorageTransaction):
         self._now: float | None = None
         self.work_changed = False
         self.runs_changed = False
+        # The steps claimed by the write that carried COMMIT (PostgreSQL):
+        # leased for good, though the caller has not handed them out yet.
+        self.claimed_with_commit: list[StoredStep] = []
 
     def _execute(self, statement: str, params: Sequence[Any] = ()) -> Cursor:
         return self._connection.execute(self._dialect.sql(statement), tuple(params))  # type: ignore[no-any-return]
@@ -809,7 +817,29 @@ class SqlTransaction(StorageTransaction):
         steps = sorted((_step(row[:width]) for row in rows), key=lambda step: step.ready_at)
         runs = {run.run_id: run for run in (_run(row[width + 1 :]) for row in rows)}
         self._took(steps)
+        if last:
+            self.claimed_with_commit = steps
         return steps, runs
+
+    def give_back(self, steps: Sequence[StoredStep]) -> int:
+        """Requeue claimed steps whose claim never reached its worker; returns how many.
+
+        Each goes back to how it was before the claim, its attempt uncounted
+        and its place in the queue kept, unless its lease changed since
+        (reported, expired or extended by a worker that did get it).
+        """
+        given = 0
+        for step in steps:
+            given += self._execute(
+                "UPDATE fuseline_steps SET status = 'PENDING', attempt = attempt - 1, "
+                "worker_id = NULL, lease_token = NULL, deadline = NULL, "
+                "started_at = CASE WHEN attempt = 1 THEN NULL ELSE started_at END "
+                "WHERE run_id = ? AND step_name = ? AND status = 'RUNNING' AND lease_token = ?",
+                (step.run_id, step.step_name, step.lease_token),
+            ).rowcount
+        if given:
+            self.notify_work()
+        return given
 
     def running_steps_of(self, worker_id: str) -> list[StoredStep]:
         """RUNNING steps whose lease the worker holds."""
