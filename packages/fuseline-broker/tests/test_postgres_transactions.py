@@ -299,7 +299,8 @@ def test_work_left_after_a_last_claim_is_announced_after_the_commit(
 
     with sent.watching(monkeypatch):
         storage.atomic(body)
-    assert sent.heads()[-2:] == [["INSERT", "INSERT", "WITH", "COMMIT"], ["NOTIFY"]]
+    # (The two new steps go in one INSERT.)
+    assert sent.heads()[-2:] == [["INSERT", "WITH", "COMMIT"], ["NOTIFY"]]
     assert other_process.work.wait(since, 10), "the other process was not told of the queued step"
 
 
@@ -348,3 +349,80 @@ def test_a_run_with_its_first_steps_leaves_room_for_a_claim(
         (claimed,) = storage.atomic(body)
     assert sent.heads() == [["BEGIN", "WITH"], ["WITH", "COMMIT"]]
     assert claimed.run_id == "r-wait" and claimed.worker_id == "w-wait"
+
+
+def _steps(storage: PostgresStorage, run_id: str) -> dict[str, StoredStep]:
+    rows = storage.atomic(lambda t: t.steps_of(run_id), write=False)
+    return {row.step_name: row for row in rows}
+
+
+def test_rows_written_between_statements_go_out_as_one_statement_per_kind(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for run_id in ("r-1", "r-2", "r-3"):
+        _stored_run(storage, run_id)  # with its step a
+    sent = _RoundTrips()
+
+    def body(t: StorageTransaction) -> None:
+        # What a batch of three reports writes: each finishes its run's
+        # step, inserts a successor and updates its run.
+        runs = t.runs_by_id(["r-1", "r-2", "r-3"], lock=True)
+        for run_id, run in runs.items():
+            step = StoredStep(run_id, "a", "wf", "1", Status.SUCCEEDED, attempt=1)
+            step.result, step.finished_at = {"from": run_id}, t.now()
+            t.update_step(step)
+            t.add_steps([StoredStep(run_id, "b", "wf", "1", Status.PENDING, ready_at=t.now())])
+            run.status, run.finished_steps = Status.RUNNING, 1
+            t.update_run(run)
+
+    with sent.watching(monkeypatch):
+        storage.atomic(body)
+    # Nine rows, three statements (and the NOTIFY for the queued steps).
+    assert sent.heads()[-1] == ["INSERT", "UPDATE", "UPDATE", "NOTIFY", "COMMIT"]
+    for run_id in ("r-1", "r-2", "r-3"):
+        steps = _steps(storage, run_id)
+        assert steps["a"].status is Status.SUCCEEDED
+        assert steps["a"].result == {"from": run_id}
+        assert steps["b"].status is Status.PENDING
+        run = storage.atomic(lambda t, run_id=run_id: t.get_run(run_id), write=False)
+        assert run is not None and (run.status, run.finished_steps) == (Status.RUNNING, 1)
+
+
+def test_a_row_written_twice_before_it_goes_out_keeps_its_last_values(
+    storage: PostgresStorage,
+) -> None:
+    _stored_run(storage, "r-twice")
+
+    def body(t: StorageTransaction) -> None:
+        step = StoredStep("r-twice", "x", "wf", "1", Status.PENDING, ready_at=t.now())
+        t.add_steps([step])
+        step.status, step.attempt, step.worker_id = Status.RUNNING, 1, "w-1"
+        t.update_step(step)  # folded into the insert
+        other = StoredStep("r-twice", "y", "wf", "1", Status.PENDING, ready_at=t.now())
+        t.add_steps([other])
+        t.flush()
+        other.status = Status.SKIPPED
+        t.update_step(other)
+        other.status = Status.CANCELLED
+        t.update_step(other)  # the last write of the row wins
+
+    storage.atomic(body)
+    steps = _steps(storage, "r-twice")
+    assert (steps["x"].status, steps["x"].attempt, steps["x"].worker_id) == (
+        Status.RUNNING,
+        1,
+        "w-1",
+    )
+    assert steps["y"].status is Status.CANCELLED
+
+
+def test_a_second_row_for_a_step_is_still_refused(storage: PostgresStorage) -> None:
+    _stored_run(storage, "r-dup")
+
+    def body(t: StorageTransaction) -> None:
+        t.add_steps([StoredStep("r-dup", "z", "wf", "1", Status.PENDING, ready_at=t.now())])
+        t.add_steps([StoredStep("r-dup", "z", "wf", "1", Status.PENDING, ready_at=t.now())])
+
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        storage.atomic(body)
+    assert set(_steps(storage, "r-dup")) == {"a"}

@@ -28,8 +28,20 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from fuseline.errors import BrokerUnavailableError, MissingDependencyError
-from fuseline.storage._base import RuntimeStorage, StorageTransaction
-from fuseline.storage._sql import POSTGRESQL, SqlTransaction, migrations
+from fuseline.status import Status
+from fuseline.storage._base import RuntimeStorage, StorageTransaction, StoredRun, StoredStep
+from fuseline.storage._sql import (
+    POSTGRESQL,
+    SqlTransaction,
+    key_last,
+    migrations,
+    run_change,
+    runs_update_statement,
+    step_change,
+    step_values,
+    steps_insert_statement,
+    steps_update_statement,
+)
 
 try:
     import psycopg
@@ -65,6 +77,10 @@ def safe_url(url: str) -> str:
         return f"postgresql://{user}{parts.hostname or 'localhost'}{port}{parts.path}"
     except ValueError:
         return "postgresql://(an unparsable URL)"
+
+
+def _joined(rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    return tuple(value for row in rows for value in row)
 
 
 class _PgTransaction(SqlTransaction):
@@ -112,20 +128,86 @@ class _PgTransaction(SqlTransaction):
         # Sent as the NOTIFY payload, so that this process's listener can skip
         # its own notifications: this process already woke its waiters.
         self._sender = sender
+        # Step rows inserted and step and run rows written since the held
+        # writes last went out, by key, the last write of a row winning:
+        # they go out as one statement per kind (see _queue_rows).
+        self._new_steps: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._changed_steps: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._changed_runs: dict[str, tuple[Any, ...]] = {}
 
     @property
     def ended_early(self) -> bool:
         """Whether COMMIT went out with the last write (see :meth:`_execute_last`)."""
         return self._ended
 
-    def _write(self, statement: str, params: Sequence[Any] = ()) -> None:
+    def _check_write(self, statement: str) -> None:
         if self._read_only:
             raise RuntimeError(f"a read-only transaction cannot write: {statement[:60]}")
         if self._ended and not statement.startswith("NOTIFY"):
             raise RuntimeError(
                 f"the transaction was committed with its last write: {statement[:60]}"
             )
+
+    def _write(self, statement: str, params: Sequence[Any] = ()) -> None:
+        self._check_write(statement)
+        self._queue_rows()
         self._held.append((self._dialect.sql(statement), tuple(params)))
+
+    # -- rows written together ------------------------------------------------------
+    def add_steps(self, steps: Sequence[StoredStep]) -> None:
+        """Hold the new rows; they go out with the other rows held (see :meth:`_queue_rows`)."""
+        self._check_write("INSERT INTO fuseline_steps")
+        for step in steps:
+            key = (step.run_id, step.step_name)
+            if key in self._new_steps or key in self._changed_steps:
+                # The row exists: let the primary key refuse the second one.
+                self._queue_rows()
+            self._new_steps[key] = step_values(step)
+            if step.status is Status.PENDING:
+                self._made_ready(step)
+
+    def update_step(self, step: StoredStep) -> None:
+        """Hold the row's new values; a row inserted since the last send is inserted with them."""
+        self._check_write("UPDATE fuseline_steps")
+        key = (step.run_id, step.step_name)
+        if key in self._new_steps:
+            self._new_steps[key] = step_values(step)
+        else:
+            self._changed_steps[key] = step_change(step)
+        if step.status is Status.PENDING:
+            self._made_ready(step)
+
+    def update_run(self, run: StoredRun) -> None:
+        """Hold the run's new values."""
+        self._check_write("UPDATE fuseline_runs")
+        self._changed_runs[run.run_id] = run_change(run)
+
+    def _queue_rows(self) -> None:
+        """Turn the rows held by key into statements held in order: one per kind.
+
+        A batch of reports writes three rows per report (its step, a
+        successor, its run); they go out as three statements instead of
+        three per report. Inserts go first, then step updates, then run
+        updates: the rows are distinct (a row written twice keeps its last
+        values, an inserted row its updated ones), no constraint ties one
+        table to the other, and every other write sends the rows held before
+        it goes, so nothing is reordered across it.
+        """
+        if self._new_steps:
+            rows = list(self._new_steps.values())
+            self._new_steps = {}
+            statement = steps_insert_statement(len(rows))
+            self._held.append((self._dialect.sql(statement), _joined(rows)))
+        for changed, key_size, build in (
+            (self._changed_steps, 2, steps_update_statement),
+            (self._changed_runs, 1, runs_update_statement),
+        ):
+            if not changed:
+                continue
+            rows = list(changed.values())
+            changed.clear()
+            params = key_last(rows[0], key_size) if len(rows) == 1 else _joined(rows)
+            self._held.append((self._dialect.sql(build(len(rows))), params))
 
     def _check_read(self, statement: str) -> None:
         if self._read_only and (
@@ -137,6 +219,7 @@ class _PgTransaction(SqlTransaction):
 
     def _execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
         self._check_read(statement)
+        self._queue_rows()
         if not self._held:
             return super()._execute(statement, params)
         # The writes held so far go ahead of this statement, in the same round trip.
@@ -146,6 +229,7 @@ class _PgTransaction(SqlTransaction):
 
     def _send_held(self) -> None:
         """Send the writes held so far (in a pipeline, unless there is one)."""
+        self._queue_rows()
         held, self._held = self._held, []
         if not held:
             return
@@ -194,6 +278,7 @@ class _PgTransaction(SqlTransaction):
         return cursor
 
     def flush(self) -> None:
+        self._queue_rows()
         if len(self._held) < 2:
             self._send_held()
             return
@@ -207,6 +292,7 @@ class _PgTransaction(SqlTransaction):
         if self._ended:
             self.flush()  # a NOTIFY decided after the commit, if any
             return
+        self._queue_rows()
         if not self._open and len(self._held) == 1:
             self._held = []  # only the BEGIN: nothing was asked of the server
             return
@@ -216,6 +302,7 @@ class _PgTransaction(SqlTransaction):
     def rollback(self) -> None:
         """End a transaction that failed; a broken connection is left to the pool."""
         self._held = []
+        self._new_steps, self._changed_steps, self._changed_runs = {}, {}, {}
         if self._pg.info.transaction_status in _IN_TRANSACTION:
             with contextlib.suppress(psycopg.Error):
                 self._pg.execute("ROLLBACK")

@@ -229,6 +229,80 @@ def _run_with_steps_statement(run_insert: str, step_count: int) -> str:
     )
 
 
+# The columns a step update writes (all but the key and the workflow version).
+_STEP_CHANGES = _STEP_NAMES[4:]
+_RUN_CHANGES = ("status", "finished_at", "cancel_requested", "result", "finished_steps")
+_RUN_CHANGE_TYPES = ("text", "double precision", "integer", "text", "integer")
+
+
+@functools.lru_cache(maxsize=64)
+def steps_insert_statement(count: int) -> str:
+    """The statement that inserts ``count`` step rows."""
+    row = "(" + ", ".join("?" * len(_STEP_NAMES)) + ")"
+    return f"INSERT INTO fuseline_steps ({_STEP_COLUMNS}) VALUES {', '.join([row] * count)}"
+
+
+@functools.lru_cache(maxsize=64)
+def steps_update_statement(count: int) -> str:
+    """The statement that writes ``count`` steps' changing fields, from :func:`step_change`.
+
+    Several rows go in one statement as typed ``VALUES`` (PostgreSQL).
+    """
+    if count == 1:
+        assignments = ", ".join(f"{column} = ?" for column in _STEP_CHANGES)
+        return f"UPDATE fuseline_steps SET {assignments} WHERE run_id = ? AND step_name = ?"
+    types = (*_STEP_TYPES[:2], *_STEP_TYPES[4:])
+    row = "(" + ", ".join(f"?::{kind}" for kind in types) + ")"
+    return (
+        "UPDATE fuseline_steps AS s SET "
+        + ", ".join(f"{column} = v.{column}" for column in _STEP_CHANGES)
+        + f" FROM (VALUES {', '.join([row] * count)}) "
+        + f"AS v(run_id, step_name, {', '.join(_STEP_CHANGES)}) "
+        + "WHERE s.run_id = v.run_id AND s.step_name = v.step_name"
+    )
+
+
+def step_change(step: StoredStep) -> tuple[Any, ...]:
+    """A step's values for :func:`steps_update_statement`: its key, then what changes.
+
+    The key goes last for one row and first for several.
+    """
+    values = step_values(step)
+    return values[:2] + values[4:]
+
+
+@functools.lru_cache(maxsize=64)
+def runs_update_statement(count: int) -> str:
+    """The statement that writes ``count`` runs' changing fields, from :func:`run_change`."""
+    if count == 1:
+        assignments = ", ".join(f"{column} = ?" for column in _RUN_CHANGES)
+        return f"UPDATE fuseline_runs SET {assignments} WHERE run_id = ?"
+    row = "(" + ", ".join(f"?::{kind}" for kind in ("text", *_RUN_CHANGE_TYPES)) + ")"
+    return (
+        "UPDATE fuseline_runs AS r SET "
+        + ", ".join(f"{column} = v.{column}" for column in _RUN_CHANGES)
+        + f" FROM (VALUES {', '.join([row] * count)}) "
+        + f"AS v(run_id, {', '.join(_RUN_CHANGES)}) WHERE r.run_id = v.run_id"
+    )
+
+
+def run_change(run: StoredRun) -> tuple[Any, ...]:
+    """A run's values for :func:`runs_update_statement`: its id, then what changes."""
+    return (
+        run.run_id,
+        run.status.value,
+        run.finished_at,
+        int(run.cancel_requested),
+        None if run.result is None else _dump(run.result),
+        run.finished_steps,
+    )
+
+
+def key_last(values: tuple[Any, ...], key_size: int) -> tuple[Any, ...]:
+    """``values`` with the leading key moved to the end (for a one-row update)."""
+    return values[key_size:] + values[:key_size]
+
+
 def _qualified(alias: str, columns: str) -> str:
     return ", ".join(f"{alias}.{column}" for column in columns.split(", "))
 
@@ -262,7 +336,7 @@ def _step(row: Sequence[Any]) -> StoredStep:
     )
 
 
-def _step_values(step: StoredStep) -> tuple[Any, ...]:
+def step_values(step: StoredStep) -> tuple[Any, ...]:
     return (
         step.run_id,
         step.step_name,
@@ -451,7 +525,7 @@ class SqlTransaction(StorageTransaction):
             self._made_ready(step)
         run_insert, run_values = self._run_insert(run)
         statement = _run_with_steps_statement(run_insert, len(steps))
-        params = [*run_values, *(value for step in steps for value in _step_values(step))]
+        params = [*run_values, *(value for step in steps for value in step_values(step))]
         if last:
             cursor = self._execute_last(statement, params, settled=True)
         else:
@@ -628,18 +702,7 @@ class SqlTransaction(StorageTransaction):
 
     def update_run(self, run: StoredRun) -> None:
         """Write the run's changing fields."""
-        self._write(
-            "UPDATE fuseline_runs SET status = ?, finished_at = ?, cancel_requested = ?, "
-            "result = ?, finished_steps = ? WHERE run_id = ?",
-            (
-                run.status.value,
-                run.finished_at,
-                int(run.cancel_requested),
-                None if run.result is None else _dump(run.result),
-                run.finished_steps,
-                run.run_id,
-            ),
-        )
+        self._write(runs_update_statement(1), key_last(run_change(run), 1))
 
     def list_runs(
         self,
@@ -699,23 +762,14 @@ class SqlTransaction(StorageTransaction):
 
     def add_steps(self, steps: Sequence[StoredStep]) -> None:
         """Create step rows; the primary key refuses a second row for a step."""
-        marks = ", ".join("?" * 19)
         for step in steps:
-            self._write(
-                f"INSERT INTO fuseline_steps ({_STEP_COLUMNS}) VALUES ({marks})",
-                _step_values(step),
-            )
+            self._write(steps_insert_statement(1), step_values(step))
             if step.status is Status.PENDING:
                 self._made_ready(step)
 
     def update_step(self, step: StoredStep) -> None:
         """Write every field of an existing step row."""
-        values = _step_values(step)
-        assignments = ", ".join(f"{c} = ?" for c in _STEP_COLUMNS.split(", ")[4:])
-        self._write(
-            f"UPDATE fuseline_steps SET {assignments} WHERE run_id = ? AND step_name = ?",
-            (*values[4:], step.run_id, step.step_name),
-        )
+        self._write(steps_update_statement(1), key_last(step_change(step), 2))
         if step.status is Status.PENDING:
             self._made_ready(step)
 
