@@ -78,9 +78,13 @@ class Bench:
         self._next_input += count
         return first
 
-    def _repeat(self, what: str, measure: Callable[[], Any]) -> list[Any]:
+    def _repeat(
+        self, what: str, measure: Callable[[], Any], setup: Setup | None = None
+    ) -> list[Any]:
         found = []
         for repetition in range(1, self.options.repetitions + 1):
+            if setup is not None:
+                setup.tidy()
             say(f"  {what} ({repetition}/{self.options.repetitions})")
             found.append(measure())
         return found
@@ -137,6 +141,7 @@ class Bench:
                 first_input=self._inputs(runs),
                 cpu=setup.cpu_usage,
             ),
+            setup,
         )
         add = self.report.add
         steps = [r.steps_per_second for r in results]
@@ -163,6 +168,7 @@ class Bench:
             lambda: latency(
                 setup.client, workflow, runs, timeout=60, first_input=self._inputs(runs)
             ),
+            setup,
         )
         for p in (50, 95, 99):
             values = [r.percentile(p) for r in results]

@@ -98,7 +98,7 @@ POSTGRESQL = Dialect(
     clock="extract(epoch FROM clock_timestamp())::float8",
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def migrations(dialect: Dialect) -> list[list[str]]:
@@ -165,7 +165,30 @@ def migrations(dialect: Dialect) -> list[list[str]]:
                 WHERE status = 'RUNNING'""",
             """CREATE INDEX fuseline_steps_holders ON fuseline_steps (worker_id)
                 WHERE status = 'RUNNING'""",
-        ]
+        ],
+        _vacuum_settings(dialect),
+    ]
+
+
+def _vacuum_settings(dialect: Dialect) -> list[str]:
+    """Version 2: PostgreSQL's autovacuum looks after the busy tables early.
+
+    Every step leaves two or three dead row versions behind (queued,
+    running, finished), and the claim walks the queue's index past the dead
+    entries of finished steps until a vacuum removes them. Left at the
+    server's defaults, autovacuum waits for a fifth of a table to be dead,
+    which on a table that keeps its history means ever longer waits and
+    ever slower claims. A fixed threshold keeps that bounded. SQLite reuses
+    the space itself: nothing to do there.
+    """
+    if dialect.name != "postgresql":
+        return []
+    settings = (
+        "autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000, "
+        "autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000"
+    )
+    return [
+        f"ALTER TABLE {table} SET ({settings})" for table in ("fuseline_steps", "fuseline_runs")
     ]
 
 
