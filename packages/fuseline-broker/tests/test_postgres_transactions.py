@@ -244,13 +244,29 @@ def _wait_for_a_lock_wait(postgres_url: str, timeout: float = 30.0) -> None:
     raise AssertionError("no session started waiting for the lock")
 
 
+@pytest.mark.parametrize(
+    ("written_first", "expected"),
+    [
+        # The claim is the whole transaction: sent alone, it is one.
+        (False, [["WITH"]]),
+        # Something came first: BEGIN went with it, COMMIT goes with the claim.
+        (True, [["BEGIN", "UPDATE", "WITH", "COMMIT"]]),
+    ],
+    ids=["alone", "after-a-write"],
+)
 def test_a_last_claim_carries_the_commit(
-    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+    storage: PostgresStorage,
+    monkeypatch: pytest.MonkeyPatch,
+    written_first: bool,
+    expected: list[list[str]],
 ) -> None:
     _stored_run(storage, "r-claim")
+    storage.atomic(lambda t: t.add_worker(_worker("w-claim")))
     sent = _RoundTrips()
 
     def body(t: StorageTransaction) -> list[StoredStep]:
+        if written_first:
+            t.touch_worker("w-claim", 4.0)
         steps, _ = t.claim_steps_with_runs(
             "w-claim", [("wf", "1")], 1, lambda: "token", start=True, last=True
         )
@@ -261,11 +277,12 @@ def test_a_last_claim_carries_the_commit(
 
     with sent.watching(monkeypatch):
         (step,) = storage.atomic(body)
-    assert sent.heads() == [["BEGIN", "WITH", "COMMIT"]]
+    assert sent.heads() == expected
     assert step.worker_id == "w-claim"
     stored = storage.atomic(lambda t: t.runs_with_steps(["r-claim"]), write=False)
     assert stored[0]["r-claim"].status is Status.RUNNING
     assert [row.status for row in stored[1]["r-claim"]] == [Status.RUNNING]
+    assert _seen_at(storage, "w-claim") == (4.0 if written_first else 1.0)
 
 
 @pytest.fixture
@@ -307,8 +324,9 @@ def test_work_left_after_a_last_claim_is_announced_after_the_commit(
 def test_a_run_with_its_first_steps_is_one_round_trip_with_the_commit(
     storage: PostgresStorage, other_process: PostgresStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A dispatch that claims nothing: the run, its steps, the NOTIFY for the
-    # steps (another broker process hears of them) and COMMIT travel together.
+    # A dispatch that claims nothing: the run and its steps are one statement,
+    # a transaction of its own, and the NOTIFY for the steps (another broker
+    # process hears of them) follows it in the same round trip.
     since = other_process.work.generation
     sent = _RoundTrips()
     run = StoredRun("r-one", "wf", "1", {}, Status.PENDING)
@@ -323,7 +341,7 @@ def test_a_run_with_its_first_steps_is_one_round_trip_with_the_commit(
 
     with sent.watching(monkeypatch):
         assert storage.atomic(body)
-    assert sent.heads() == [["BEGIN", "WITH", "NOTIFY", "COMMIT"]]
+    assert sent.heads() == [["WITH", "NOTIFY"]]
     assert other_process.work.wait(since, 10), "the other process was not told of the new step"
     (row,) = storage.atomic(lambda t: t.steps_of("r-one"), write=False)
     assert row.ready_at == run.created_at > 0

@@ -79,6 +79,9 @@ def safe_url(url: str) -> str:
         return "postgresql://(an unparsable URL)"
 
 
+_BEGIN: tuple[str, tuple[Any, ...]] = ("BEGIN", ())
+
+
 def _joined(rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
     return tuple(value for row in rows for value in row)
 
@@ -115,7 +118,7 @@ class _PgTransaction(SqlTransaction):
         super().__init__(connection, POSTGRESQL, clock)
         self._pg = connection
         self._read_only = read_only
-        self._held: list[tuple[str, tuple[Any, ...]]] = [] if read_only else [("BEGIN", ())]
+        self._held: list[tuple[str, tuple[Any, ...]]] = [] if read_only else [_BEGIN]
         # Whether BEGIN went out: a transaction that sent nothing has nothing to end.
         self._open = False
         # Held writes all go through one cursor: nothing reads their results,
@@ -266,6 +269,9 @@ class _PgTransaction(SqlTransaction):
         afterwards, out alone once the body is done.
         """
         self._check_read(statement)
+        self._queue_rows()
+        if not self._open and self._held == [_BEGIN]:
+            return self._execute_alone(statement, params, settled=settled)
         with self._pg.pipeline():
             self._send_held()
             cursor = super()._execute(statement, params)
@@ -274,6 +280,29 @@ class _PgTransaction(SqlTransaction):
                 self._settled = True
             self._held.append(("COMMIT", ()))
             self._send_held()
+        self._ended = True
+        return cursor
+
+    def _execute_alone(self, statement: str, params: Sequence[Any], *, settled: bool) -> Any:
+        """A transaction that is this one statement: sent without ``BEGIN`` and ``COMMIT``.
+
+        The connection is in autocommit mode, so a statement sent alone is a
+        transaction of its own, all or nothing. A ``NOTIFY`` settled now
+        follows it in the same round trip (as a transaction of its own too,
+        so that it is heard only once the statement's changes are visible).
+        """
+        self._held = []
+        if settled:
+            self.before_commit()
+            self._settled = True
+        notify, self._held = self._held, []
+        if not notify:
+            cursor = super()._execute(statement, params)
+        else:
+            with self._pg.pipeline():
+                cursor = super()._execute(statement, params)
+                self._held = notify
+                self._send_held()
         self._ended = True
         return cursor
 
