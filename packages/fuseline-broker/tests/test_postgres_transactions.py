@@ -444,3 +444,44 @@ def test_a_second_row_for_a_step_is_still_refused(storage: PostgresStorage) -> N
     with pytest.raises(psycopg.errors.UniqueViolation):
         storage.atomic(body)
     assert set(_steps(storage, "r-dup")) == {"a"}
+
+
+def test_claims_take_the_queue_in_index_order_however_stale_the_statistics(
+    storage: PostgresStorage, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Statistics taken while nothing was queued, then a burst of dispatches:
+    # the planner believes the queue is nearly empty.
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("ANALYZE fuseline_steps")
+
+    def burst(t: StorageTransaction) -> None:
+        assert t.add_run(StoredRun("r-burst", "wf", "1", {}, Status.PENDING))
+        t.add_steps(
+            [
+                StoredStep("r-burst", f"s{n}", "wf", "1", Status.PENDING, ready_at=float(n))
+                for n in range(2000)
+            ]
+        )
+
+    storage.atomic(burst)
+    claims: list[tuple[str, Any]] = []
+    execute = psycopg.Cursor.execute
+
+    def noting_execute(cursor: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        if str(query).startswith("WITH clock"):
+            claims.append((str(query), params))
+        return execute(cursor, query, params, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(psycopg.Cursor, "execute", noting_execute)
+        (claimed,), _ = storage.atomic(
+            lambda t: t.claim_steps_with_runs("w-1", [("wf", "1")], 1, lambda: "tok", last=True)
+        )
+    assert claimed.step_name == "s0"
+    ((statement, params),) = claims
+    with storage._pool.connection() as connection:  # the pool's own session settings
+        plan = "\n".join(row[0] for row in connection.execute("EXPLAIN " + statement, params))
+    # The oldest steps come straight from the queue's index; no scan collects
+    # every queued step to sort them.
+    assert "Index Scan using fuseline_steps_queue" in plan, plan
+    assert "Bitmap" not in plan, plan
