@@ -114,6 +114,8 @@ class _PgTransaction(SqlTransaction):
     ``BEGIN`` and ``COMMIT``: ``BEGIN`` is held like a write, so it travels
     with the first statement, and ``COMMIT`` travels with the last writes.
     psycopg's ``transaction()`` would send each alone, two round trips more.
+    A transaction that is a single statement (a claim, a dispatch) sends
+    neither: on its own that statement is a transaction already.
 
     A read-only transaction sends neither: at READ COMMITTED each statement
     sees what was committed before it started, inside a transaction or not,

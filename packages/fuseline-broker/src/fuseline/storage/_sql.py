@@ -288,7 +288,8 @@ def steps_update_statement(count: int) -> str:
 def step_change(step: StoredStep) -> tuple[Any, ...]:
     """A step's values for :func:`steps_update_statement`: its key, then what changes.
 
-    The key goes last for one row and first for several.
+    The statement for several rows takes them so; the one for a single row
+    wants the key last (:func:`key_last`).
     """
     values = step_values(step)
     return values[:2] + values[4:]
@@ -902,8 +903,8 @@ class SqlTransaction(StorageTransaction):
         """Requeue claimed steps whose claim never reached its worker; returns how many.
 
         Each goes back to how it was before the claim, its attempt uncounted
-        and its place in the queue kept, unless its lease changed since
-        (reported, expired or extended by a worker that did get it).
+        and its place in the queue kept, unless it no longer holds the lease
+        the claim gave it (it expired and went elsewhere meanwhile).
         """
         given = 0
         for step in steps:
