@@ -555,10 +555,10 @@ class SqlTransaction(StorageTransaction):
         else:
             cursor = self._execute(statement, params)
         if not self._run_inserted(run, cursor.fetchone()):
-            # Nothing was stored, so nothing was queued (a NOTIFY sent with
-            # the commit only wakes claims that then find nothing).
-            if self._queued:
-                self._queued.difference_update((s.run_id, s.step_name) for s in ready)
+            # Nothing was stored, so nothing was queued: the steps count as
+            # taken (a NOTIFY sent with the commit only wakes claims that
+            # then find nothing).
+            self._took(ready)
             self.settle_wakeups()
             return False
         date_first_steps(run, steps)
