@@ -121,6 +121,30 @@ def test_a_dispatch_that_fails_leaves_the_worker_waiting_for_the_next(
     assert handed is not None and handed.instance_id == run_id
 
 
+def test_a_repeated_dispatch_hands_the_waiting_worker_nothing_twice(
+    broker: StorageBroker,
+) -> None:
+    worker = HandWorker(broker, [SINGLE])
+    first_poll = Poll(worker)
+    wait_until(waiters(broker, 1), "the long poll to wait")
+    run_id = broker.dispatch_workflow(SINGLE, {"n": 1}, idempotency_key="once")
+    handed = first_poll.result()
+    assert handed is not None and handed.instance_id == run_id
+
+    poll = Poll(worker)
+    wait_until(waiters(broker, 1), "the second long poll to wait")
+    # The repeat's transaction claims for the waiter before it knows the run
+    # was refused: it finds nothing else ready, and the waiter waits on.
+    assert broker.dispatch_workflow(SINGLE, {"n": 1}, idempotency_key="once") == run_id
+    wait_until(waiters(broker, 1), "the long poll to wait again")
+    assert poll.waiting
+    assert broker.get_run(run_id).steps["only"].attempts == 1
+
+    later = broker.dispatch_workflow(SINGLE)
+    handed = poll.result()
+    assert handed is not None and handed.instance_id == later
+
+
 def test_a_waiter_taken_for_a_dispatch_cannot_be_withdrawn() -> None:
     queue = Waiters()
     mine = Waiter("worker", [("wf", "1")], 1)

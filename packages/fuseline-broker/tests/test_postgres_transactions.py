@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -367,6 +367,76 @@ def test_a_run_with_its_first_steps_leaves_room_for_a_claim(
         (claimed,) = storage.atomic(body)
     assert sent.heads() == [["BEGIN", "WITH"], ["WITH", "COMMIT"]]
     assert claimed.run_id == "r-wait" and claimed.worker_id == "w-wait"
+
+
+def _stored_later_then_claimed(
+    run: StoredRun, worker_id: str
+) -> Callable[[StorageTransaction], tuple[bool, list[StoredStep]]]:
+    """A dispatch's body for a waiting worker: the run held, a claim, then the answer."""
+
+    def body(t: StorageTransaction) -> tuple[bool, list[StoredStep]]:
+        stored = t.add_run_with_steps_later(
+            run, [StoredStep(run.run_id, "a", "wf", "1", Status.PENDING)]
+        )
+        claimed, _ = t.claim_steps_with_runs(
+            worker_id, [("wf", "1")], 1, lambda: "token", start=True, last=True
+        )
+        return stored(), claimed
+
+    return body
+
+
+def test_a_run_held_for_a_claim_goes_out_with_it_and_shares_its_clock(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dispatch that serves a waiting worker without asking whether the run
+    # was stored first: the run's insert, the claim and COMMIT are one round
+    # trip, and the claim leases with the clock the insert read.
+    sent = _RoundTrips()
+    run = StoredRun("r-held", "wf", "1", {}, Status.PENDING)
+    with sent.watching(monkeypatch):
+        stored, (claimed,) = storage.atomic(_stored_later_then_claimed(run, "w-held"))
+    assert sent.heads() == [["BEGIN", "WITH", "WITH", "COMMIT"]]
+    assert stored and claimed.run_id == "r-held" and claimed.worker_id == "w-held"
+    assert claimed.started_at == claimed.ready_at == run.created_at > 0
+    found = storage.atomic(lambda t: t.get_run("r-held"), write=False)
+    assert found is not None and found.status is Status.RUNNING
+
+
+def test_a_held_run_refused_for_its_key_leaves_the_claim_what_else_is_ready(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = StoredRun("r-key", "wf", "1", {}, Status.PENDING, idempotency_key="k")
+    assert storage.atomic(
+        lambda t: t.add_run_with_steps(first, [StoredStep("r-key", "a", "wf", "1", Status.PENDING)])
+    )
+    repeat = StoredRun("r-repeat", "wf", "1", {}, Status.PENDING, idempotency_key="k")
+    stored, (claimed,) = storage.atomic(_stored_later_then_claimed(repeat, "w-key"))
+    assert not stored
+    assert claimed.run_id == "r-key" and claimed.worker_id == "w-key"
+    assert storage.atomic(lambda t: t.get_run("r-repeat"), write=False) is None
+    assert storage.atomic(lambda t: t.steps_of("r-repeat"), write=False) == []
+
+
+def test_asking_for_the_clock_sends_a_held_run_and_takes_its_time(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = _RoundTrips()
+    run = StoredRun("r-clock", "wf", "1", {}, Status.PENDING)
+
+    def body(t: StorageTransaction) -> tuple[float, bool]:
+        stored = t.add_run_with_steps_later(
+            run, [StoredStep("r-clock", "a", "wf", "1", Status.PENDING)]
+        )
+        now = t.now()
+        t.touch_worker("w-clock", now)
+        return now, stored()
+
+    with sent.watching(monkeypatch):
+        now, stored = storage.atomic(body)
+    assert stored and now == run.created_at > 0
+    # (The NOTIFY is for the step left ready.)
+    assert sent.heads() == [["BEGIN", "WITH"], ["UPDATE", "NOTIFY", "COMMIT"]]
 
 
 def _steps(storage: PostgresStorage, run_id: str) -> dict[str, StoredStep]:

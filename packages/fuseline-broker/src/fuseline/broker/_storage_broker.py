@@ -223,17 +223,24 @@ class StorageBroker(Broker):
             )
             # The first steps' times are the run's, which the storage sets.
             first = self._runs.rows_for(graph, run, rules.start(graph), 0.0)
-            # With no waiter to claim for, nothing follows the run, and when
-            # the schema was stored before, nothing came before it either: the
-            # storage may commit with it (a refused repeat then wrote nothing).
-            last = waiter is None and self._catalog.was_stored(graph)
-            if not t.add_run_with_steps(run, first, last=last):
+            if waiter is None:
+                # Nothing follows the run, and when the schema was stored
+                # before, nothing came before it either: the storage may
+                # commit with it (a refused repeat then wrote nothing).
+                last = self._catalog.was_stored(graph)
+                stored = t.add_run_with_steps(run, first, last=last)
+            else:
+                # The claim need not know whether the run was stored (a
+                # repeat's waiter gets whatever else is ready), so the storage
+                # may send the two together, in one round trip.
+                stored_later = t.add_run_with_steps_later(run, first)
+                handed.extend(self._claim_for(t, waiter))
+                stored = stored_later()
+            if not stored:
                 raced = t.find_run_by_key(idempotency_key or "")
                 if raced is None:  # pragma: no cover - only the key can collide
                     raise IdempotencyConflictError("The run could not be stored; try again.")
                 return same_request(raced)
-            if waiter is not None:
-                handed.extend(self._claim_for(t, waiter))
             return run_id
 
         since = self.storage.runs.generation

@@ -214,6 +214,21 @@ class StorageTransaction(ABC):
         self.add_steps(steps)
         return True
 
+    def add_run_with_steps_later(
+        self, run: StoredRun, steps: Sequence[StoredStep]
+    ) -> Callable[[], bool]:
+        """:meth:`add_run_with_steps`, whose answer is read by calling what this returns.
+
+        A backend may send the insert together with the statements that
+        follow it in the transaction (a dispatch's claim for a waiting
+        worker), so that they share one round trip to the database. Until
+        the answer is read, the caller must not rely on the run existing:
+        what it does meanwhile must be right whether or not the run was
+        stored (the claim takes whatever is ready).
+        """
+        added = self.add_run_with_steps(run, steps)
+        return lambda: added
+
     @abstractmethod
     def find_run_by_key(self, idempotency_key: str) -> StoredRun | None:
         """The run created with that idempotency key, if any."""

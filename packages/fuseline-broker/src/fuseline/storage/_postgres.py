@@ -79,7 +79,11 @@ def safe_url(url: str) -> str:
         return "postgresql://(an unparsable URL)"
 
 
-_BEGIN: tuple[str, tuple[Any, ...]] = ("BEGIN", ())
+# A statement held back, its values, and the cursor whose result the caller
+# reads later (None for a write whose result nothing reads).
+_Held = tuple[str, tuple[Any, ...], "psycopg.Cursor[Any] | None"]
+_BEGIN: _Held = ("BEGIN", (), None)
+_COMMIT: _Held = ("COMMIT", (), None)
 
 
 def _configure(connection: psycopg.Connection[Any]) -> None:
@@ -134,7 +138,7 @@ class _PgTransaction(SqlTransaction):
         super().__init__(connection, POSTGRESQL, clock)
         self._pg = connection
         self._read_only = read_only
-        self._held: list[tuple[str, tuple[Any, ...]]] = [] if read_only else [_BEGIN]
+        self._held: list[_Held] = [] if read_only else [_BEGIN]
         # Whether BEGIN went out: a transaction that sent nothing has nothing to end.
         self._open = False
         # Held writes all go through one cursor: nothing reads their results,
@@ -170,7 +174,23 @@ class _PgTransaction(SqlTransaction):
     def _write(self, statement: str, params: Sequence[Any] = ()) -> None:
         self._check_write(statement)
         self._queue_rows()
-        self._held.append((self._dialect.sql(statement), tuple(params)))
+        self._held.append((self._dialect.sql(statement), tuple(params), None))
+
+    def _write_read_later(
+        self, statement: str, params: Sequence[Any]
+    ) -> Callable[[], psycopg.Cursor[Any]]:
+        """Hold a write like the others, on a cursor of its own to read its result from."""
+        self._check_write(statement)
+        self._queue_rows()
+        held: _Held = (self._dialect.sql(statement), tuple(params), self._pg.cursor())
+        self._held.append(held)
+
+        def result() -> psycopg.Cursor[Any]:
+            if any(entry is held for entry in self._held):
+                self.flush()
+            return cast("psycopg.Cursor[Any]", held[2])
+
+        return result
 
     # -- rows written together ------------------------------------------------------
     def add_steps(self, steps: Sequence[StoredStep]) -> None:
@@ -216,7 +236,7 @@ class _PgTransaction(SqlTransaction):
             rows = list(self._new_steps.values())
             self._new_steps = {}
             statement = steps_insert_statement(len(rows))
-            self._held.append((self._dialect.sql(statement), _joined(rows)))
+            self._held.append((self._dialect.sql(statement), _joined(rows), None))
         for changed, key_size, build in (
             (self._changed_steps, 2, steps_update_statement),
             (self._changed_runs, 1, runs_update_statement),
@@ -226,7 +246,7 @@ class _PgTransaction(SqlTransaction):
             rows = list(changed.values())
             changed.clear()
             params = key_last(rows[0], key_size) if len(rows) == 1 else _joined(rows)
-            self._held.append((self._dialect.sql(build(len(rows))), params))
+            self._held.append((self._dialect.sql(build(len(rows))), params, None))
 
     def _check_read(self, statement: str) -> None:
         if self._read_only and (
@@ -255,8 +275,8 @@ class _PgTransaction(SqlTransaction):
         self._open = True
         if self._writer is None:
             self._writer = self._pg.cursor()
-        for statement, params in held:
-            self._writer.execute(statement, params)
+        for statement, params, own in held:
+            (own or self._writer).execute(statement, params)
 
     def _read_all(self, reads: Sequence[tuple[str, tuple[Any, ...]]]) -> list[list[Any]]:
         """The reads in one round trip, behind the writes held so far.
@@ -294,7 +314,7 @@ class _PgTransaction(SqlTransaction):
             if settled:
                 self.before_commit()
                 self._settled = True
-            self._held.append(("COMMIT", ()))
+            self._held.append(_COMMIT)
             self._send_held()
         self._ended = True
         return cursor
@@ -341,7 +361,7 @@ class _PgTransaction(SqlTransaction):
         if not self._open and len(self._held) == 1:
             self._held = []  # only the BEGIN: nothing was asked of the server
             return
-        self._held.append(("COMMIT", ()))
+        self._held.append(_COMMIT)
         self.flush()
 
     def rollback(self) -> None:

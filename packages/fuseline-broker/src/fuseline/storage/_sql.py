@@ -417,6 +417,10 @@ class SqlTransaction(StorageTransaction):
         # The steps claimed by the write that carried COMMIT (PostgreSQL):
         # leased for good, though the caller has not handed them out yet.
         self.claimed_with_commit: list[StoredStep] = []
+        # A run whose held insert read the clock (see add_run_with_steps_later),
+        # and what reads that insert's answer: until then, the transaction's
+        # clock is the run's created_at.
+        self._clock_run: tuple[str, Callable[[], bool]] | None = None
 
     def _execute(self, statement: str, params: Sequence[Any] = ()) -> Cursor:
         return self._connection.execute(self._dialect.sql(statement), tuple(params))  # type: ignore[no-any-return]
@@ -424,6 +428,15 @@ class SqlTransaction(StorageTransaction):
     def _write(self, statement: str, params: Sequence[Any] = ()) -> None:
         """A statement whose result nothing reads; a backend may send it later."""
         self._execute(statement, params)
+
+    def _write_read_later(self, statement: str, params: Sequence[Any]) -> Callable[[], Cursor]:
+        """A write whose result is read later, by calling what this returns.
+
+        A backend may hold it like a write until it sends the statements that
+        follow it; asking for the result sends it at once if it is still held.
+        """
+        cursor = self._execute(statement, params)
+        return lambda: cursor
 
     def flush(self) -> None:
         """Send the writes held back, if the backend holds any."""
@@ -434,10 +447,17 @@ class SqlTransaction(StorageTransaction):
 
     def _clock_unread(self) -> str | None:
         """The server's clock expression, while this transaction has not read it yet."""
+        self._settle_clock()
         return self._dialect.clock if self._now is None else None
+
+    def _settle_clock(self) -> None:
+        """Take the clock from a held run insert that read it, sending it now if need be."""
+        if self._now is None and self._clock_run is not None:
+            self._clock_run[1]()
 
     def now(self) -> float:
         """The storage clock, read once per transaction."""
+        self._settle_clock()
         if self._now is None:
             if self._dialect.clock is None:
                 self._now = self._clock()
@@ -544,21 +564,55 @@ class SqlTransaction(StorageTransaction):
         """
         if not steps or self._dialect.name != "postgresql":
             return super().add_run_with_steps(run, steps, last=last)
-        ready = [step for step in steps if step.status is Status.PENDING]
-        for step in ready:
-            self._made_ready(step)
-        run_insert, run_values = self._run_insert(run)
-        statement = _run_with_steps_statement(run_insert, len(steps))
-        params = [*run_values, *(value for step in steps for value in step_values(step))]
+        statement, params = self._run_with_steps(run, steps)
         if last:
             cursor = self._execute_last(statement, params, settled=True)
         else:
             cursor = self._execute(statement, params)
-        if not self._run_inserted(run, cursor.fetchone()):
+        return self._run_with_steps_stored(run, steps, cursor.fetchone())
+
+    def add_run_with_steps_later(
+        self, run: StoredRun, steps: Sequence[StoredStep]
+    ) -> Callable[[], bool]:
+        """:meth:`add_run_with_steps`, held on PostgreSQL until what follows is sent.
+
+        The one statement that stores the run and its steps then shares the
+        round trip of the next read or claim, and the answer is read when
+        the caller asks for it.
+        """
+        if not steps or self._dialect.name != "postgresql":
+            return super().add_run_with_steps_later(run, steps)
+        result = self._write_read_later(*self._run_with_steps(run, steps))
+        answer: list[bool] = []
+
+        def stored() -> bool:
+            if not answer:
+                self._clock_run = None
+                answer.append(self._run_with_steps_stored(run, steps, result().fetchone()))
+            return answer[0]
+
+        if self._now is None:
+            self._clock_run = (run.run_id, stored)
+        return stored
+
+    def _run_with_steps(self, run: StoredRun, steps: Sequence[StoredStep]) -> tuple[str, list[Any]]:
+        """The statement that stores the run and its first steps, and its values."""
+        for step in steps:
+            if step.status is Status.PENDING:
+                self._made_ready(step)
+        run_insert, run_values = self._run_insert(run)
+        statement = _run_with_steps_statement(run_insert, len(steps))
+        return statement, [*run_values, *(value for step in steps for value in step_values(step))]
+
+    def _run_with_steps_stored(
+        self, run: StoredRun, steps: Sequence[StoredStep], row: Sequence[Any] | None
+    ) -> bool:
+        """Whether :meth:`_run_with_steps` stored the run, from the row it returned."""
+        if not self._run_inserted(run, row):
             # Nothing was stored, so nothing was queued: the steps count as
             # taken (a NOTIFY sent with the commit only wakes claims that
             # then find nothing).
-            self._took(ready)
+            self._took(step for step in steps if step.status is Status.PENDING)
             self.settle_wakeups()
             return False
         date_first_steps(run, steps)
@@ -870,8 +924,16 @@ class SqlTransaction(StorageTransaction):
             if start
             else ""
         )
+        clock = self._dialect.clock
+        clock_values: tuple[Any, ...] = (self._now,)
+        if self._now is None and self._clock_run is not None:
+            # Sent with the held insert of a run that read the clock: the
+            # claim takes that run's, so the transaction keeps one clock (a
+            # run refused for its key stored none, and the claim reads its own).
+            clock = f"(SELECT created_at FROM fuseline_runs WHERE run_id = ?), {clock}"
+            clock_values = (None, self._clock_run[0])
         statement = (
-            f"WITH clock AS (SELECT coalesce(?::float8, {self._dialect.clock}) AS t), "
+            f"WITH clock AS (SELECT coalesce(?::float8, {clock}) AS t), "
             "locked AS MATERIALIZED (SELECT run_id AS pr, step_name AS ps, "
             "ready_at AS ra FROM fuseline_steps "
             f"WHERE status = 'PENDING' AND ({keys}) "
@@ -886,7 +948,7 @@ class SqlTransaction(StorageTransaction):
             f"RETURNING {_qualified('s', _STEP_COLUMNS)}, clock.t, "
             f"{_qualified('r', _RUN_COLUMNS)}"
         )
-        params = (self._now, *key_values, limit, worker_id, [tokens() for _ in range(limit)])
+        params = (*clock_values, *key_values, limit, worker_id, [tokens() for _ in range(limit)])
         rows = (self._execute_last if last else self._execute)(statement, params).fetchall()
         width = len(_STEP_COLUMNS.split(", "))
         if rows and self._now is None:
