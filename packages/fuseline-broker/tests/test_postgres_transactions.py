@@ -555,3 +555,47 @@ def test_claims_take_the_queue_in_index_order_however_stale_the_statistics(
     # every queued step to sort them.
     assert "Index Scan using fuseline_steps_queue" in plan, plan
     assert "Bitmap" not in plan, plan
+
+
+def test_giving_back_requeues_in_one_statement_the_steps_still_held_by_the_claim(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def queued(t: StorageTransaction) -> None:
+        assert t.add_run(StoredRun("r-back", "wf", "1", {}, Status.PENDING))
+        t.add_steps(
+            [
+                StoredStep("r-back", name, "wf", "1", Status.PENDING, ready_at=t.now())
+                for name in ("a", "b", "c")
+            ]
+        )
+
+    storage.atomic(queued)
+    tokens = iter(["t-a", "t-b", "t-c"])
+    claimed, _ = storage.atomic(
+        lambda t: t.claim_steps_with_runs(
+            "w-back", [("wf", "1")], 3, lambda: next(tokens), last=True
+        )
+    )
+    assert len(claimed) == 3
+    # One of them went to another worker meanwhile (its lease ran out).
+    moved = next(step for step in claimed if step.step_name == "b")
+    other = {"worker_id": "w-other", "lease_token": "t-other"}
+    elsewhere = dataclasses.replace(moved, **other)
+    storage.atomic(lambda t: t.update_step(elsewhere))
+
+    sent = _RoundTrips()
+    with sent.watching(monkeypatch):
+        given = storage.atomic(lambda t: t.give_back(claimed))  # type: ignore[attr-defined]
+    assert given == 2
+    assert sent.heads() == [["BEGIN", "UPDATE"], ["NOTIFY", "COMMIT"]]
+    rows = _steps(storage, "r-back")
+    for name in ("a", "c"):
+        row = rows[name]
+        assert (row.status, row.attempt, row.worker_id, row.lease_token, row.started_at) == (
+            Status.PENDING,
+            0,
+            None,
+            None,
+            None,
+        )
+    assert (rows["b"].status, rows["b"].lease_token) == (Status.RUNNING, "t-other")

@@ -33,6 +33,7 @@ from fuseline.storage._base import RuntimeStorage, StorageTransaction, StoredRun
 from fuseline.storage._sql import (
     POSTGRESQL,
     SqlTransaction,
+    flattened,
     key_last,
     migrations,
     run_change,
@@ -98,10 +99,6 @@ def _configure(connection: psycopg.Connection[Any]) -> None:
     by an index.
     """
     connection.execute("SET enable_bitmapscan = off")
-
-
-def _joined(rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
-    return tuple(value for row in rows for value in row)
 
 
 class _PgTransaction(SqlTransaction):
@@ -236,7 +233,7 @@ class _PgTransaction(SqlTransaction):
             rows = list(self._new_steps.values())
             self._new_steps = {}
             statement = steps_insert_statement(len(rows))
-            self._held.append((self._dialect.sql(statement), _joined(rows), None))
+            self._held.append((self._dialect.sql(statement), flattened(rows), None))
         for changed, key_size, build in (
             (self._changed_steps, 2, steps_update_statement),
             (self._changed_runs, 1, runs_update_statement),
@@ -245,7 +242,7 @@ class _PgTransaction(SqlTransaction):
                 continue
             rows = list(changed.values())
             changed.clear()
-            params = key_last(rows[0], key_size) if len(rows) == 1 else _joined(rows)
+            params = key_last(rows[0], key_size) if len(rows) == 1 else flattened(rows)
             self._held.append((self._dialect.sql(build(len(rows))), params, None))
 
     def _check_read(self, statement: str) -> None:
@@ -312,8 +309,7 @@ class _PgTransaction(SqlTransaction):
             self._send_held()
             cursor = super()._execute(statement, params)
             if settled:
-                self.before_commit()
-                self._settled = True
+                self._settle_before_commit()
             self._held.append(_COMMIT)
             self._send_held()
         self._ended = True
@@ -329,8 +325,7 @@ class _PgTransaction(SqlTransaction):
         """
         self._held = []
         if settled:
-            self.before_commit()
-            self._settled = True
+            self._settle_before_commit()
         notify, self._held = self._held, []
         if not notify:
             cursor = super()._execute(statement, params)
@@ -341,6 +336,36 @@ class _PgTransaction(SqlTransaction):
                 self._send_held()
         self._ended = True
         return cursor
+
+    def _settle_before_commit(self) -> None:
+        """Decide the wake-ups now, so that their NOTIFY goes with the statement ending it all."""
+        self.before_commit()
+        self._settled = True
+
+    def give_back(self, steps: Sequence[StoredStep]) -> int:
+        """Requeue claimed steps whose claim never reached its worker; returns how many.
+
+        Each goes back to how it was before the claim, its attempt uncounted
+        and its place in the queue kept, unless it no longer holds the lease
+        the claim gave it (it expired and went elsewhere meanwhile). One
+        statement for them all.
+        """
+        given: int = self._execute(
+            "UPDATE fuseline_steps AS s SET status = 'PENDING', attempt = s.attempt - 1, "
+            "worker_id = NULL, lease_token = NULL, deadline = NULL, "
+            "started_at = CASE WHEN s.attempt = 1 THEN NULL ELSE s.started_at END "
+            "FROM unnest(?::text[], ?::text[], ?::text[]) AS v(run_id, step_name, lease_token) "
+            "WHERE s.run_id = v.run_id AND s.step_name = v.step_name "
+            "AND s.status = 'RUNNING' AND s.lease_token = v.lease_token",
+            (
+                [step.run_id for step in steps],
+                [step.step_name for step in steps],
+                [step.lease_token for step in steps],
+            ),
+        ).rowcount
+        if given:
+            self.notify_work()
+        return given
 
     def flush(self) -> None:
         self._queue_rows()
@@ -483,7 +508,7 @@ class PostgresStorage(RuntimeStorage):
                 ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _attempt(self, body: Callable[[StorageTransaction], T], *, read_only: bool) -> T:
+    def _attempt(self, body: Callable[[_PgTransaction], T], *, read_only: bool) -> T:
         failure: BaseException | None = None
         with self._pool.connection() as connection:
             transaction = _PgTransaction(connection, time.time, self._sender, read_only=read_only)
@@ -514,8 +539,8 @@ class PostgresStorage(RuntimeStorage):
         """
         claimed = transaction.claimed_with_commit
 
-        def requeue(t: StorageTransaction) -> int:
-            return cast(SqlTransaction, t).give_back(claimed)
+        def requeue(t: _PgTransaction) -> int:
+            return t.give_back(claimed)
 
         if claimed:
             try:

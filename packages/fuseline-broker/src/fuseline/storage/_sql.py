@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Collection, Sequence, Sized
+from collections.abc import Callable, Collection, Iterable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -322,6 +322,11 @@ def run_change(run: StoredRun) -> tuple[Any, ...]:
     )
 
 
+def flattened(rows: Iterable[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The values of ``rows`` one after the other, for a statement of several rows."""
+    return tuple(value for row in rows for value in row)
+
+
 def key_last(values: tuple[Any, ...], key_size: int) -> tuple[Any, ...]:
     """``values`` with the leading key moved to the end (for a one-row update)."""
     return values[key_size:] + values[:key_size]
@@ -602,7 +607,7 @@ class SqlTransaction(StorageTransaction):
                 self._made_ready(step)
         run_insert, run_values = self._run_insert(run)
         statement = _run_with_steps_statement(run_insert, len(steps))
-        return statement, [*run_values, *(value for step in steps for value in step_values(step))]
+        return statement, [*run_values, *flattened(step_values(step) for step in steps)]
 
     def _run_with_steps_stored(
         self, run: StoredRun, steps: Sequence[StoredStep], row: Sequence[Any] | None
@@ -960,26 +965,6 @@ class SqlTransaction(StorageTransaction):
         if last:
             self.claimed_with_commit = steps
         return steps, runs
-
-    def give_back(self, steps: Sequence[StoredStep]) -> int:
-        """Requeue claimed steps whose claim never reached its worker; returns how many.
-
-        Each goes back to how it was before the claim, its attempt uncounted
-        and its place in the queue kept, unless it no longer holds the lease
-        the claim gave it (it expired and went elsewhere meanwhile).
-        """
-        given = 0
-        for step in steps:
-            given += self._execute(
-                "UPDATE fuseline_steps SET status = 'PENDING', attempt = attempt - 1, "
-                "worker_id = NULL, lease_token = NULL, deadline = NULL, "
-                "started_at = CASE WHEN attempt = 1 THEN NULL ELSE started_at END "
-                "WHERE run_id = ? AND step_name = ? AND status = 'RUNNING' AND lease_token = ?",
-                (step.run_id, step.step_name, step.lease_token),
-            ).rowcount
-        if given:
-            self.notify_work()
-        return given
 
     def running_steps_of(self, worker_id: str) -> list[StoredStep]:
         """RUNNING steps whose lease the worker holds."""
