@@ -17,7 +17,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from broker_contract_support import HandWorker, schema
 
+from fuseline.broker import PostgresBroker
 from fuseline.status import Status
 from fuseline.storage import (
     PostgresStorage,
@@ -599,3 +601,43 @@ def test_giving_back_requeues_in_one_statement_the_steps_still_held_by_the_claim
             None,
         )
     assert (rows["b"].status, rows["b"].lease_token) == (Status.RUNNING, "t-other")
+
+
+def test_a_heartbeat_reads_in_one_round_trip_and_extends_with_the_commit(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = PostgresBroker(postgres_url, sweep_interval=0)
+    try:
+        single = schema("heartbeat-trips", steps=["a"])
+        worker = HandWorker(broker, [single])
+        run_ids = [broker.dispatch_workflow(single, {"n": n}) for n in range(3)]
+        held = {a.instance_id: a for a in worker.claim_all()}
+        assert set(held) == set(run_ids)
+        broker.cancel_run(run_ids[0])
+        before = {
+            step.run_id: step.deadline
+            for step in broker.storage.atomic(
+                lambda t: t.running_steps_of(worker.worker_id), write=False
+            )
+        }
+        sent = _RoundTrips()
+        with sent.watching(monkeypatch):
+            reply = broker.keep_alive(worker.worker_id)
+        # The clock with the leases and their runs' cancellations; then the
+        # worker noted as seen, the leases extended and COMMIT.
+        assert sent.heads() == [["BEGIN", "SELECT", "SELECT"], ["UPDATE", "UPDATE", "COMMIT"]]
+        assert {ref.instance_id for ref in reply.cancelled} == {run_ids[0]}
+        assert {ref.instance_id for ref in reply.extended} == set(run_ids[1:])
+        assert reply.lost == []
+        after = {
+            step.run_id: step.deadline
+            for step in broker.storage.atomic(
+                lambda t: t.running_steps_of(worker.worker_id), write=False
+            )
+        }
+        assert after[run_ids[0]] == before[run_ids[0]]  # a cancelled run's lease stays
+        for run_id in run_ids[1:]:
+            assert after[run_id] is not None and before[run_id] is not None
+            assert after[run_id] > before[run_id]
+    finally:
+        broker.close()

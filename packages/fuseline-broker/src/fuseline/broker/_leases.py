@@ -94,22 +94,24 @@ def report_applies(
 
 def extend_leases(
     t: StorageTransaction,
-    worker_id: str,
+    leases: tuple[list[StoredStep], set[str]],
     lease_tokens: Sequence[str] | None,
     reachable_for: float | None = None,
 ) -> KeepAliveReply:
-    """Extend the worker's live leases named by ``lease_tokens`` (None: all it holds).
+    """Extend the live leases among ``leases`` named by ``lease_tokens`` (None: all of them).
 
-    Leases the worker no longer holds come back as ``lost`` (a token the
-    broker does not know has empty run and step names); leases of cancelled
-    runs as ``cancelled``, not extended.
+    ``leases`` is what :meth:`StorageTransaction.leases_of` read for the
+    worker. Leases the worker no longer holds come back as ``lost`` (a token
+    the broker does not know has empty run and step names); leases of
+    cancelled runs as ``cancelled``, not extended. The extension is the
+    transaction's last write.
     """
     now = t.now()
-    held = {row.lease_token: row for row in t.running_steps_of(worker_id)}
+    running, cancelled_runs = leases
+    held = {row.lease_token: row for row in running}
     wanted = [tok for tok in held if tok] if lease_tokens is None else list(lease_tokens)
     wanted = list(dict.fromkeys(wanted))
     live = {tok: held[tok] for tok in wanted if tok in held}
-    cancelled_runs = t.cancelled_runs(sorted({row.run_id for row in live.values()}))
     reply = KeepAliveReply()
     extending: list[tuple[StoredStep, float, LeaseRef]] = []
     for token in wanted:
@@ -128,7 +130,7 @@ def extend_leases(
             reply.cancelled.append(ref)
             continue
         extending.append((row, now + row.lease_seconds, ref))
-    moved = t.extend_leases([(row, deadline) for row, deadline, _ in extending])
+    moved = t.extend_leases([(row, deadline) for row, deadline, _ in extending], last=True)
     deadlines: list[float] = []
     for row, deadline, ref in extending:
         if (row.run_id, row.step_name) in moved:

@@ -456,8 +456,11 @@ class StorageBroker(Broker):
 
         def body(t: StorageTransaction) -> KeepAliveReply:
             self._catalog.workflows_of(t, worker_id)
+            # Read first: the clock comes with the leases, and the write
+            # noting the worker as seen can then wait for the extension.
+            leases = t.leases_of(worker_id)
             self._catalog.touch(t, worker_id, always=True)
-            return extend_leases(t, worker_id, lease_tokens, self._reachable_for())
+            return extend_leases(t, leases, lease_tokens, self._reachable_for())
 
         return self.storage.atomic(body)
 

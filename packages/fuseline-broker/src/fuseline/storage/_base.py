@@ -346,12 +346,25 @@ class StorageTransaction(ABC):
     def cancelled_runs(self, run_ids: Sequence[str]) -> set[str]:
         """Which of the runs have a cancellation request."""
 
+    def leases_of(self, worker_id: str) -> tuple[list[StoredStep], set[str]]:
+        """What a heartbeat reads: the worker's RUNNING steps, and which runs were asked to cancel.
+
+        Backends may read both, and the clock, at once.
+        """
+        steps = self.running_steps_of(worker_id)
+        return steps, self.cancelled_runs(sorted({step.run_id for step in steps}))
+
     @abstractmethod
     def extend_lease(self, step: StoredStep, deadline: float) -> bool:
         """Move a RUNNING step's deadline if it still holds ``step.lease_token``."""
 
-    def extend_leases(self, leases: Sequence[tuple[StoredStep, float]]) -> set[tuple[str, str]]:
+    def extend_leases(
+        self, leases: Sequence[tuple[StoredStep, float]], *, last: bool = False
+    ) -> set[tuple[str, str]]:
         """:meth:`extend_lease` for each ``(step, deadline)`` (backends may do it at once).
+
+        With ``last`` nothing is written after it, and a backend may commit
+        in the same round trip.
 
         Returns:
             The ``(run_id, step_name)`` of the steps whose deadline moved.

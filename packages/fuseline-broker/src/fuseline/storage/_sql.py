@@ -986,6 +986,29 @@ class SqlTransaction(StorageTransaction):
         ).fetchall()
         return {row[0] for row in rows}
 
+    def leases_of(self, worker_id: str) -> tuple[list[StoredStep], set[str]]:
+        """The worker's RUNNING steps with their runs' cancellation requests, in one statement.
+
+        On PostgreSQL the clock comes in the same round trip when this
+        transaction has not read it yet.
+        """
+        reads: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                f"SELECT {_qualified('s', _STEP_COLUMNS)}, r.cancel_requested "
+                "FROM fuseline_steps AS s JOIN fuseline_runs AS r ON r.run_id = s.run_id "
+                "WHERE s.worker_id = ? AND s.status = 'RUNNING'",
+                (worker_id,),
+            )
+        ]
+        clock = self._clock_unread()
+        if clock is not None:
+            reads.insert(0, (f"SELECT {clock}", ()))
+        *clock_rows, rows = self._read_all(reads)
+        if clock_rows:
+            self._now = float(clock_rows[0][0][0])
+        width = len(_STEP_NAMES)
+        return [_step(row[:width]) for row in rows], {row[0] for row in rows if row[width]}
+
     def extend_lease(self, step: StoredStep, deadline: float) -> bool:
         """Move a RUNNING step's deadline if its lease token is unchanged."""
         row = self._execute(
@@ -995,11 +1018,13 @@ class SqlTransaction(StorageTransaction):
         ).fetchone()
         return row is not None
 
-    def extend_leases(self, leases: Sequence[tuple[StoredStep, float]]) -> set[tuple[str, str]]:
-        """Move several deadlines; on PostgreSQL in one statement."""
-        if self._dialect.name != "postgresql" or len(leases) < 2:
-            return super().extend_leases(leases)
-        rows = self._execute(
+    def extend_leases(
+        self, leases: Sequence[tuple[StoredStep, float]], *, last: bool = False
+    ) -> set[tuple[str, str]]:
+        """Move several deadlines; on PostgreSQL in one statement, with ``COMMIT`` if ``last``."""
+        if self._dialect.name != "postgresql" or not leases:
+            return super().extend_leases(leases, last=last)
+        rows = (self._execute_last if last else self._execute)(
             "UPDATE fuseline_steps AS s SET deadline = v.deadline "
             "FROM unnest(?::text[], ?::text[], ?::text[], ?::float8[]) "
             "AS v(run_id, step_name, lease_token, deadline) "
