@@ -249,3 +249,128 @@ def test_a_long_poll_gets_its_wait_on_top_of_the_read_timeout(
     with HttpBrokerClient(url, TOKEN, timeout=0.3, backoff=Backoff(retries=0)) as client:
         assert client.get_steps("w-1", wait=0.5) == []
     assert 0.4 < json.loads(seen.requests[0]["body"])["wait"] <= 0.5
+
+
+def raw_answer(data: bytes, close: bool = False) -> Answer:
+    """An answer written byte for byte, as a server that is not Python's might."""
+
+    def answer(handler: BaseHTTPRequestHandler, seen: Seen) -> None:
+        handler.wfile.write(data)
+        handler.wfile.flush()
+        handler.close_connection = close
+
+    return answer
+
+
+RUNS = b'{"items": [], "next_cursor": null}'
+
+
+def test_a_chunked_answer_is_read_whole_and_its_connection_kept(
+    network: tuple[str, Seen, list[Answer]],
+) -> None:
+    url, seen, answers = network
+    chunked = b"".join(
+        f"{len(part):x};note=1\r\n".encode() + part + b"\r\n" for part in (RUNS[:10], RUNS[10:])
+    )
+    answers.append(
+        raw_answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n"
+            b"\r\n" + chunked + b"0\r\nX-Trailer: ignored\r\n\r\n"
+        )
+    )
+    with HttpBrokerClient(url, TOKEN, backoff=Backoff(retries=0)) as client:
+        assert client.list_runs().items == []
+        assert client.list_runs().items == []
+    assert (len(seen.requests), seen.connections) == (2, 1)
+
+
+def test_an_answer_without_a_length_ends_with_its_connection(
+    network: tuple[str, Seen, list[Answer]],
+) -> None:
+    url, seen, answers = network
+    answers.append(
+        raw_answer(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + RUNS, True)
+    )
+    with HttpBrokerClient(url, TOKEN, backoff=Backoff(retries=0)) as client:
+        assert client.list_runs().items == []
+        assert client.list_runs().items == []
+    assert (len(seen.requests), seen.connections) == (2, 2)
+
+
+def test_an_informational_answer_is_skipped_for_the_one_that_follows(
+    network: tuple[str, Seen, list[Answer]],
+) -> None:
+    url, _, answers = network
+    answers.append(
+        raw_answer(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: "
+            + str(len(RUNS)).encode()
+            + b"\r\nRetry-After: 3\r\n\r\n"
+            + RUNS
+        )
+    )
+    plain = PlainHttp(url, {}, timeout=2.0)
+    try:
+        reply = plain.send(Call("GET", "/v1/runs", lambda content: content))
+    finally:
+        plain.close()
+    assert (reply.status, reply.retry_after, reply.content) == (200, "3", RUNS)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SSH-2.0-OpenSSH_9.2\r\n",  # not HTTP at all
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + RUNS,  # cut short
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["not-http", "short-body", "two-lengths", "bad-chunk"],
+)
+def test_an_answer_that_is_not_whole_http_is_a_read_error(
+    network: tuple[str, Seen, list[Answer]], answer: bytes
+) -> None:
+    url, seen, answers = network
+    answers.append(raw_answer(answer, close=True))
+    plain = PlainHttp(url, {}, timeout=2.0)
+    try:
+        with pytest.raises(httpx.ReadError):
+            plain.send(Call("GET", "/v1/runs", lambda content: content))
+    finally:
+        plain.close()
+    # An unsafe call is not repeated after a read error, and says why it failed.
+    with (
+        HttpBrokerClient(url, TOKEN, backoff=FAST) as client,
+        pytest.raises(fe.BrokerUnavailableError, match="ReadError"),
+    ):
+        client.get_steps("w-1")
+    assert len(seen.requests) == 2
+
+
+@pytest.mark.parametrize("key", ["two\r\nX-Injected: 1", "clé", "with space", ""])
+def test_an_idempotency_key_that_cannot_be_sent_is_refused_before_sending(
+    network: tuple[str, Seen, list[Answer]], key: str
+) -> None:
+    url, seen, answers = network
+    answers.append(answer_json({"run_id": "r-1", "workflow_id": "flow", "workflow_version": "1"}))
+    with (
+        HttpBrokerClient(url, TOKEN, backoff=FAST) as client,
+        pytest.raises(fe.InvalidInputError, match="idempotency_key"),
+    ):
+        client.dispatch_workflow(SCHEMA, idempotency_key=key)
+    assert seen.requests == []
+
+
+def test_a_header_that_would_break_the_request_is_refused_before_sending(
+    network: tuple[str, Seen, list[Answer]],
+) -> None:
+    url, seen, _ = network
+    with pytest.raises(fe.InvalidInputError):
+        HttpBrokerClient(url, "token\r\nX-Injected: 1")
+    with pytest.raises(fe.InvalidInputError, match="line breaks"):
+        PlainHttp(url, {"Authorization": "Bearer t\r\nX-Injected: 1"}, timeout=2.0)
+    plain = PlainHttp(url, {}, timeout=2.0)
+    with pytest.raises(fe.InvalidInputError, match="ASCII"):
+        plain.send(Call("GET", "/v1/runs", lambda c: c, headers={"X-Name": "Zoë ✓"}))
+    plain.close()
+    assert seen.requests == []

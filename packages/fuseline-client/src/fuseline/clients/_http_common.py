@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -131,6 +132,10 @@ def make_backoff(retries: int) -> Backoff:
     return Backoff(retries=retries)
 
 
+# What the broker accepts as an idempotency key (see the dispatch route).
+_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
+
+
 def new_idempotency_key() -> str:
     """A fresh key, so that every dispatch can be retried safely."""
     return f"auto-{uuid.uuid4().hex}"
@@ -178,7 +183,17 @@ def dispatch_body(
 def dispatch_call(
     request: DispatchRequest, idempotency_key: str | None, wait: float = 0.0
 ) -> Call[RunCreated]:
-    """The dispatch of ``request``, under a fresh idempotency key unless one is given."""
+    """The dispatch of ``request``, under a fresh idempotency key unless one is given.
+
+    Raises:
+        InvalidInputError: The key is not what the broker accepts (checked
+            here, since a key that cannot go in a header would fail to send).
+    """
+    if idempotency_key is not None and not _KEY_PATTERN.fullmatch(idempotency_key):
+        raise InvalidInputError(
+            f"idempotency_key must be 1 to 200 visible ASCII characters (no spaces), "
+            f"not {idempotency_key[:40]!r}."
+        )
     return calls.dispatch(request, idempotency_key or new_idempotency_key(), wait)
 
 
