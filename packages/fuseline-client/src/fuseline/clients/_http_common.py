@@ -16,6 +16,7 @@ from fuseline.clients._base import WorkflowRef, schema_of
 from fuseline.clients._http_calls import Call
 from fuseline.clients._retry import Backoff
 from fuseline.clients.wire import (
+    IDEMPOTENCY_KEY_PATTERN,
     MAX_CLAIM_STEPS,
     DispatchRequest,
     DispatchSchema,
@@ -132,8 +133,7 @@ def make_backoff(retries: int) -> Backoff:
     return Backoff(retries=retries)
 
 
-# What the broker accepts as an idempotency key (see the dispatch route).
-_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
+_KEY_PATTERN = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 def new_idempotency_key() -> str:

@@ -30,6 +30,7 @@ from fuseline.workflow.versions import latest_version
 __all__ = [
     "API_PREFIX",
     "IDEMPOTENCY_HEADER",
+    "IDEMPOTENCY_KEY_PATTERN",
     "MAX_CLAIM_STEPS",
     "MAX_REPORT_BATCH",
     "MAX_WAIT_SECONDS",
@@ -70,7 +71,10 @@ MAX_CLAIM_STEPS = 100
 MAX_REPORT_BATCH = 100
 """Most reports one batch request may carry."""
 
-_KEY = Field(default=None, min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+"""What an idempotency key may be: 1 to 200 visible ASCII characters (it travels in a header)."""
+
+_KEY = Field(default=None, min_length=1, max_length=200, pattern=IDEMPOTENCY_KEY_PATTERN)
 
 
 class _Wire(BaseModel):

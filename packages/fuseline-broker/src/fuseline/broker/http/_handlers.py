@@ -24,6 +24,7 @@ from fuseline.broker.http._queries import (
 from fuseline.clients.wire import (
     API_PREFIX,
     IDEMPOTENCY_HEADER,
+    IDEMPOTENCY_KEY_PATTERN,
     ClaimRequest,
     ClaimResponse,
     DispatchRequest,
@@ -80,7 +81,7 @@ __all__ = [
 # hears of a long poll only when it is over or gives up its thread.
 WAIT_SLICE_SECONDS = 1.0
 T = TypeVar("T")
-_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
+_KEY_PATTERN = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 def _too_large(message: str, size: int, limit: int) -> HttpError:
@@ -268,7 +269,7 @@ async def get_workflow(ctx: CallContext) -> Reply:
 
 def _idempotency_key(ctx: CallContext, body: DispatchSchema | DispatchStored) -> str | None:
     header = ctx.headers.get(IDEMPOTENCY_HEADER.lower())
-    if header is not None and not _KEY_PATTERN.match(header):
+    if header is not None and not _KEY_PATTERN.fullmatch(header):
         raise HttpError(
             422,
             InvalidInputError(

@@ -17,7 +17,7 @@ from pydantic.json_schema import models_json_schema
 from fuseline.broker.http._config import ServerConfig
 from fuseline.broker.http._errors import ERROR_STATUSES
 from fuseline.broker.http._routes import ROUTES, Endpoint
-from fuseline.clients.wire import IDEMPOTENCY_HEADER, ErrorBody
+from fuseline.clients.wire import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_PATTERN, ErrorBody
 
 __all__ = ["DOCS_PAGE", "build_openapi", "openapi_json"]
 
@@ -172,7 +172,7 @@ def _operation(
                     "type": "string",
                     "minLength": 1,
                     "maxLength": 200,
-                    "pattern": "^[\\x21-\\x7e]+$",
+                    "pattern": IDEMPOTENCY_KEY_PATTERN,
                 },
             }
         )
