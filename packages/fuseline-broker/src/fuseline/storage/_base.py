@@ -343,16 +343,11 @@ class StorageTransaction(ABC):
         """The RUNNING steps whose lease the worker holds (live or expired)."""
 
     @abstractmethod
-    def cancelled_runs(self, run_ids: Sequence[str]) -> set[str]:
-        """Which of the runs have a cancellation request."""
-
     def leases_of(self, worker_id: str) -> tuple[list[StoredStep], set[str]]:
         """What a heartbeat reads: the worker's RUNNING steps, and which runs were asked to cancel.
 
         Backends may read both, and the clock, at once.
         """
-        steps = self.running_steps_of(worker_id)
-        return steps, self.cancelled_runs(sorted({step.run_id for step in steps}))
 
     @abstractmethod
     def extend_lease(self, step: StoredStep, deadline: float) -> bool:

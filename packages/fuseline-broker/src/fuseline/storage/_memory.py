@@ -307,12 +307,14 @@ class _MemoryTransaction(StorageTransaction):
     def running_steps_of(self, worker_id: str) -> list[StoredStep]:
         return [_copy(s) for s in self._t.running.values() if s.worker_id == worker_id]
 
-    def cancelled_runs(self, run_ids: Sequence[str]) -> set[str]:
-        return {
-            run_id
-            for run_id in run_ids
-            if (run := self._t.runs.get(run_id)) is not None and run.cancel_requested
+    def leases_of(self, worker_id: str) -> tuple[list[StoredStep], set[str]]:
+        steps = self.running_steps_of(worker_id)
+        cancelled = {
+            step.run_id
+            for step in steps
+            if (run := self._t.runs.get(step.run_id)) is not None and run.cancel_requested
         }
+        return steps, cancelled
 
     def extend_lease(self, step: StoredStep, deadline: float) -> bool:
         current = self._t.running.get((step.run_id, step.step_name))

@@ -975,17 +975,6 @@ class SqlTransaction(StorageTransaction):
         ).fetchall()
         return [_step(row) for row in rows]
 
-    def cancelled_runs(self, run_ids: Sequence[str]) -> set[str]:
-        """Which of the runs have a cancellation request."""
-        if not run_ids:
-            return set()
-        marks = _marks(run_ids)
-        rows = self._execute(
-            f"SELECT run_id FROM fuseline_runs WHERE cancel_requested = 1 AND run_id IN ({marks})",
-            tuple(run_ids),
-        ).fetchall()
-        return {row[0] for row in rows}
-
     def leases_of(self, worker_id: str) -> tuple[list[StoredStep], set[str]]:
         """The worker's RUNNING steps with their runs' cancellation requests, in one statement.
 

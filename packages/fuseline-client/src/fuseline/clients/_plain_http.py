@@ -6,7 +6,7 @@ about 0.16 ms, most of it parsing the answer's headers with the ``email``
 package. Workers and dispatching clients usually talk to a broker on the
 same network without TLS or a proxy; for them this module writes each
 request with one ``sendall`` on a kept-alive socket and reads the answer
-itself, for about 0.04 ms. It speaks the part of HTTP/1.1 a client of the
+itself, for about 0.07 ms. It speaks the part of HTTP/1.1 a client of the
 broker needs: bodies sized by ``Content-Length``, sent in chunks, or ended
 by the connection; informational (1xx) answers skipped; ``Connection:
 close`` and HTTP/1.0 honoured. Anything else (``https://``, an
@@ -102,11 +102,11 @@ class _Connection:
         assert self.sock is not None  # noqa: S101 - only open connections are used
         self.sock.settimeout(timeout)
         self.sock.sendall(request)
-        version, status = self._status_line()
-        headers = self._headers()
-        while 100 <= status < 200:  # informational: the real answer follows
+        while True:
             version, status = self._status_line()
             headers = self._headers()
+            if not 100 <= status < 200:  # informational: the real answer follows
+                break
         tokens = headers.get("connection", "").lower()
         keep = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens
         if status in (204, 304):
