@@ -265,6 +265,13 @@ def raw_answer(data: bytes, close: bool = False) -> Answer:
 RUNS = b'{"items": [], "next_cursor": null}'
 
 
+def list_runs_twice(url: str) -> None:
+    """Two calls whose answers must both parse as an empty page of runs."""
+    with HttpBrokerClient(url, TOKEN, backoff=Backoff(retries=0)) as client:
+        assert client.list_runs().items == []
+        assert client.list_runs().items == []
+
+
 def test_a_chunked_answer_is_read_whole_and_its_connection_kept(
     network: tuple[str, Seen, list[Answer]],
 ) -> None:
@@ -278,9 +285,7 @@ def test_a_chunked_answer_is_read_whole_and_its_connection_kept(
             b"\r\n" + chunked + b"0\r\nX-Trailer: ignored\r\n\r\n"
         )
     )
-    with HttpBrokerClient(url, TOKEN, backoff=Backoff(retries=0)) as client:
-        assert client.list_runs().items == []
-        assert client.list_runs().items == []
+    list_runs_twice(url)
     assert (len(seen.requests), seen.connections) == (2, 1)
 
 
@@ -291,9 +296,7 @@ def test_an_answer_without_a_length_ends_with_its_connection(
     answers.append(
         raw_answer(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + RUNS, True)
     )
-    with HttpBrokerClient(url, TOKEN, backoff=Backoff(retries=0)) as client:
-        assert client.list_runs().items == []
-        assert client.list_runs().items == []
+    list_runs_twice(url)
     assert (len(seen.requests), seen.connections) == (2, 2)
 
 
