@@ -38,8 +38,15 @@ class _RoundTrips:
         self._batch: list[str] | None = None
 
     def heads(self) -> list[list[str]]:
-        """Each round trip's statements, by their first word."""
-        return [[text.split()[0] for text in trip] for trip in self.trips]
+        """Each round trip's statements, by their first word (``NOTIFY`` for a notification).
+
+        The first broker process on a database notifies with a ``SELECT`` that
+        sends it only when others listen (see ``_Presence``).
+        """
+        return [
+            ["NOTIFY" if "pg_notify(" in text else text.split()[0] for text in trip]
+            for trip in self.trips
+        ]
 
     @contextlib.contextmanager
     def watching(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

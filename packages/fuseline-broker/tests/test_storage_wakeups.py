@@ -9,13 +9,22 @@ woke its own waiters right after the commit; other processes still hear them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 from broker_contract_support import Backend, HandWorker, schema, wait_until
 
 from fuseline.broker import StorageBroker
 from fuseline.messages import StepAssignment
 from fuseline.status import Status
-from fuseline.storage import PostgresStorage, RuntimeStorage
+from fuseline.storage import (
+    PostgresStorage,
+    RuntimeStorage,
+    StorageTransaction,
+    StoredRun,
+    StoredStep,
+)
+from fuseline.storage._postgres import _OTHERS, _Presence
 
 S = Status
 
@@ -145,3 +154,120 @@ def test_a_postgres_listener_whose_connection_is_cut_listens_again(postgres_url:
         wait_until(lambda: storage.work.generation > before, "the notification to be heard")
     finally:
         storage.close()
+
+
+def _queue_a_step(storage: PostgresStorage, run_id: str) -> None:
+    """Commit a run with one ready step that no one claims: work to announce."""
+
+    def body(t: StorageTransaction) -> None:
+        assert t.add_run(StoredRun(run_id, "wf", "1", {}, S.PENDING))
+        t.add_steps([StoredStep(run_id, "a", "wf", "1", S.PENDING, ready_at=t.now())])
+
+    storage.atomic(body)
+
+
+def _heard(listening: psycopg.Connection[Any], url: str) -> list[str]:
+    """The payloads ``listening`` received on the work channel before a marker sent now.
+
+    Notifications arrive in the order of their commits, so once the marker is
+    in, everything committed before it is too.
+    """
+    with psycopg.connect(url, autocommit=True) as sender:
+        sender.execute("NOTIFY fuseline_work, 'test-marker'")
+    payloads = []
+    for note in listening.notifies(timeout=15):
+        if note.payload == "test-marker":
+            return payloads
+        payloads.append(note.payload)
+    raise AssertionError("the marker notification never arrived")
+
+
+def _opened(url: str, **options: Any) -> PostgresStorage:
+    storage = PostgresStorage(url, **options)
+    assert storage.listening.wait(10), "the storage's listener never connected"
+    return storage
+
+
+def _others_held(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND mode = 'ExclusiveLock' AND objid = %s",
+            (_OTHERS,),
+        ).fetchone()
+    return row == (1,)
+
+
+def test_a_postgres_storage_alone_on_its_database_sends_no_notifications(
+    postgres_url: str,
+) -> None:
+    opened = [_opened(postgres_url)]
+    alone = opened[0]
+    try:
+        with psycopg.connect(postgres_url, autocommit=True) as listening:
+            listening.execute("LISTEN fuseline_work")
+            before = alone.work.generation
+
+            _queue_a_step(alone, "r-alone")
+
+            # Its own waiters are woken directly; nothing goes to the server.
+            assert alone.work.generation == before + 1
+            assert _heard(listening, postgres_url) == []
+
+            other = _opened(postgres_url)
+            opened.append(other)
+            since = other.work.generation
+
+            _queue_a_step(alone, "r-shared")
+
+            assert len(_heard(listening, postgres_url)) == 1
+            wait_until(lambda: other.work.generation > since, "the other storage to hear")
+    finally:
+        for storage in opened:
+            storage.close()
+
+
+def test_a_joining_postgres_storage_waits_for_commits_that_found_no_one_listening(
+    postgres_url: str,
+) -> None:
+    # A transaction of the first process that found no other listening holds
+    # the lock shared until it commits; a process that joins cannot listen,
+    # and look at the tables, before that commit, so it cannot miss it.
+    first = _opened(postgres_url)
+    joining: PostgresStorage | None = None
+    try:
+        with psycopg.connect(postgres_url, autocommit=True) as in_flight:
+            in_flight.execute("BEGIN")
+            in_flight.execute(_Presence.NOTIFY_IF_OTHERS.replace("?", "%s"), ("c", "p"))
+            joining = PostgresStorage(postgres_url)
+            assert not joining.listening.wait(0.3)  # it waits in line for the lock
+            in_flight.execute("COMMIT")
+        assert joining.listening.wait(10), "the joining storage did not go on after the commit"
+        assert _others_held(postgres_url)
+    finally:
+        first.close()
+        if joining is not None:
+            joining.close()
+
+
+def test_a_later_postgres_storage_takes_over_keeping_the_first_notifying(
+    postgres_url: str,
+) -> None:
+    first = _opened(postgres_url)
+    holder = _opened(postgres_url, poll_interval=0.1)
+    spare = _opened(postgres_url, poll_interval=0.1)
+    try:
+        assert _others_held(postgres_url)
+        holder.close()
+        wait_until(lambda: _others_held(postgres_url), "the spare to take the lock over")
+        since = spare.work.generation
+        with psycopg.connect(postgres_url, autocommit=True) as listening:
+            listening.execute("LISTEN fuseline_work")
+
+            _queue_a_step(first, "r-after")
+
+            assert len(_heard(listening, postgres_url)) == 1
+        wait_until(lambda: spare.work.generation > since, "the spare to hear")
+    finally:
+        for storage in (first, holder, spare):
+            storage.close()

@@ -8,10 +8,11 @@ take the same step nor wait for each other. Deadlines use the database
 server's clock.
 
 ``NOTIFY`` after a commit that left work ready (or finished a run) wakes the
-waiting claims of every broker process at once; it is only a hint, and
+waiting claims of every other broker process at once; it is only a hint, and
 waiters look at the tables again every ``poll_interval`` anyway. Work the
 committing transaction claimed itself wakes no one, and a process ignores
 its own notifications, since it woke its own waiters right after the commit.
+A process alone on its database sends none (see :class:`_Presence`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ log = logging.getLogger("fuseline.storage")
 _WORK_CHANNEL = "fuseline_work"
 _RUNS_CHANNEL = "fuseline_runs"
 _MIGRATION_LOCK = 7_346_112_901  # any constant: serialises migrations across processes
+# Advisory locks of the two-key form, in a key space of their own (see _Presence).
+_LOCK_SPACE = 1_179_864_142
+_FIRST = 1
+_OTHERS = 2
 _RETRIES = 5
 _IN_TRANSACTION = (
     psycopg.pq.TransactionStatus.INTRANS,
@@ -85,6 +90,81 @@ def safe_url(url: str) -> str:
 _Held = tuple[str, tuple[Any, ...], "psycopg.Cursor[Any] | None"]
 _BEGIN: _Held = ("BEGIN", (), None)
 _COMMIT: _Held = ("COMMIT", (), None)
+
+
+class _Presence:
+    """Whether a process needs to notify: are other broker processes listening?
+
+    A ``NOTIFY`` makes every committing transaction that sends one wait its
+    turn for a lock that all of them share, and it wakes every listening
+    connection, this process's own among them, which then drops it. A
+    process alone on its database (one server process, the default) needs
+    none of that: it wakes its own waiters directly.
+
+    The first process to listen takes the advisory lock ``_FIRST`` for as
+    long as its listening connection lasts. Its transactions notify only if
+    ``pg_try_advisory_xact_lock_shared`` cannot take ``_OTHERS`` (the test
+    is in the statement that would notify, and when it succeeds the shared
+    lock stays until the commit). Every later process holds ``_OTHERS``
+    exclusively, or finds it held so by another later process, and always
+    notifies. So the first process notifies exactly when another one
+    listens, and the others notify as they always did.
+
+    A later process that joins must not miss what a transaction of the
+    first one, having found ``_OTHERS`` free, commits afterwards. Such a
+    transaction holds ``_OTHERS`` shared until its commit, so the newcomer
+    cannot take it before that commit; it takes the lock, waiting in line
+    behind such transactions (tests made while it waits fail, as they would
+    if it held the lock), or sees that another holds it exclusively, which
+    no such transaction can outlast either; only then does it listen and
+    look at the tables. A later process
+    that does not hold the lock tries again every poll interval, in case
+    its holder went away, and looks at the tables when it gets it.
+    """
+
+    NOTIFY_IF_OTHERS = (
+        "SELECT pg_notify(?, ?) "
+        f"WHERE NOT pg_try_advisory_xact_lock_shared({_LOCK_SPACE}, {_OTHERS})"
+    )
+    FIRST = f"SELECT pg_try_advisory_lock({_LOCK_SPACE}, {_FIRST})"
+    # Whether another connection holds _OTHERS exclusively (built from the
+    # constants above only).
+    HELD = (
+        "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted "  # noqa: S608
+        "AND mode = 'ExclusiveLock' AND database = (SELECT oid FROM pg_database "
+        f"WHERE datname = current_database()) AND classid = {_LOCK_SPACE} "
+        f"AND objid = {_OTHERS} AND objsubid = 2 AND pid <> pg_backend_pid())"
+    )
+    # Waits in line, behind the transactions holding it shared: while it
+    # waits, the first process's tests fail (a waiting exclusive request
+    # blocks new shared ones), so they cannot keep it from being granted.
+    TAKE = f"SELECT pg_advisory_lock({_LOCK_SPACE}, {_OTHERS})"
+    TAKE_WAIT = "SET lock_timeout = '200ms'"
+
+    @staticmethod
+    def first(connection: psycopg.Connection[Any]) -> bool:
+        """Try to be the first process; held as long as ``connection`` lasts."""
+        row = connection.execute(_Presence.FIRST).fetchone()
+        return bool(row and row[0])
+
+    @staticmethod
+    def join(connection: psycopg.Connection[Any], stopped: threading.Event) -> bool | None:
+        """Make the first process notify: hold ``_OTHERS``, or see that another process does.
+
+        Returns True when ``connection`` took the lock, False when another
+        later process holds it, None when stopped before either.
+        """
+        connection.execute(_Presence.TAKE_WAIT)
+        while not stopped.is_set():
+            row = connection.execute(_Presence.HELD).fetchone()
+            if row and row[0]:
+                return False
+            try:
+                connection.execute(_Presence.TAKE)
+            except pg_errors.LockNotAvailable:
+                continue  # held by a process that just joined, or busy: look again
+            return True
+        return None
 
 
 def _configure(connection: psycopg.Connection[Any]) -> None:
@@ -130,6 +210,7 @@ class _PgTransaction(SqlTransaction):
         clock: Callable[[], float],
         sender: str,
         *,
+        first: bool = False,
         read_only: bool = False,
     ) -> None:
         super().__init__(connection, POSTGRESQL, clock)
@@ -148,6 +229,9 @@ class _PgTransaction(SqlTransaction):
         # Sent as the NOTIFY payload, so that this process's listener can skip
         # its own notifications: this process already woke its waiters.
         self._sender = sender
+        # Whether this is the first process, which notifies only when others
+        # listen (see _Presence).
+        self._first = first
         # Step rows inserted and step and run rows written since the held
         # writes last went out, by key, the last write of a row winning:
         # they go out as one statement per kind (see _queue_rows).
@@ -163,7 +247,9 @@ class _PgTransaction(SqlTransaction):
     def _check_write(self, statement: str) -> None:
         if self._read_only:
             raise RuntimeError(f"a read-only transaction cannot write: {statement[:60]}")
-        if self._ended and not statement.startswith("NOTIFY"):
+        if self._ended and not (
+            statement.startswith("NOTIFY") or statement is _Presence.NOTIFY_IF_OTHERS
+        ):
             raise RuntimeError(
                 f"the transaction was committed with its last write: {statement[:60]}"
             )
@@ -405,12 +491,18 @@ class _PgTransaction(SqlTransaction):
         # so the one for work is decided last, once this transaction's claims
         # are known.
         if self.work_changed:
-            self._write(f"NOTIFY {_WORK_CHANNEL}, '{self._sender}'")
+            self._notify(_WORK_CHANNEL)
 
     def notify_runs(self) -> None:
         if not self.runs_changed:
-            self._write(f"NOTIFY {_RUNS_CHANNEL}, '{self._sender}'")
+            self._notify(_RUNS_CHANNEL)
         super().notify_runs()
+
+    def _notify(self, channel: str) -> None:
+        if self._first:
+            self._write(_Presence.NOTIFY_IF_OTHERS, (channel, self._sender))
+        else:
+            self._write(f"NOTIFY {channel}, '{self._sender}'")
 
 
 class PostgresStorage(RuntimeStorage):
@@ -447,6 +539,8 @@ class PostgresStorage(RuntimeStorage):
         self._sender = secrets.token_hex(8)
         # Set while the listener is connected and listening.
         self.listening = threading.Event()
+        # Whether the listener holds the first process's lock (see _Presence).
+        self._first = False
         self._pool = ConnectionPool(
             url,
             min_size=min_connections,
@@ -511,7 +605,9 @@ class PostgresStorage(RuntimeStorage):
     def _attempt(self, body: Callable[[_PgTransaction], T], *, read_only: bool) -> T:
         failure: BaseException | None = None
         with self._pool.connection() as connection:
-            transaction = _PgTransaction(connection, time.time, self._sender, read_only=read_only)
+            transaction = _PgTransaction(
+                connection, time.time, self._sender, first=self._first, read_only=read_only
+            )
             try:
                 result = body(transaction)
                 transaction.before_commit()
@@ -564,27 +660,48 @@ class PostgresStorage(RuntimeStorage):
                 with psycopg.connect(
                     self._url, autocommit=True, connect_timeout=max(1, int(self._timeout))
                 ) as connection:
+                    first = _Presence.first(connection)
+                    holding = first or _Presence.join(connection, self._stopped)
+                    if holding is None:
+                        return
+                    # Whatever commits before this is in the tables when they
+                    # are looked at below; whatever commits after is heard.
                     connection.execute(f"LISTEN {_WORK_CHANNEL}")
                     connection.execute(f"LISTEN {_RUNS_CHANNEL}")
+                    self._first = first
                     pause = 0.1
                     # Anything may have happened while no one listened.
-                    self.work.fire()
-                    self.runs.fire()
+                    self._look()
                     self.listening.set()
-                    with selectors.DefaultSelector() as selector:
-                        selector.register(connection.fileno(), selectors.EVENT_READ)
-                        selector.register(self._stop_receiver, selectors.EVENT_READ)
-                        while not self._stopped.is_set():
-                            for note in connection.notifies(timeout=0):
-                                self._wake(note)
-                            selector.select()
+                    self._hear(connection, holding)
             except psycopg.Error as exc:
                 self.listening.clear()
+                self._first = False
                 if self._stopped.is_set():
                     return
                 log.debug("notification listener lost its connection: %s", type(exc).__name__)
                 self._stopped.wait(pause)
                 pause = min(pause * 2, 5.0)
+
+    def _hear(self, connection: psycopg.Connection[Any], holding: bool) -> None:
+        """Pass notifications on until stopped; a later process also keeps the first notifying."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(connection.fileno(), selectors.EVENT_READ)
+            selector.register(self._stop_receiver, selectors.EVENT_READ)
+            while not self._stopped.is_set():
+                for note in connection.notifies(timeout=0):
+                    self._wake(note)
+                if selector.select(None if holding else self.poll_interval) or holding:
+                    continue
+                # Another later process held _OTHERS; in case it went away:
+                if _Presence.join(connection, self._stopped):
+                    holding = True
+                    self._look()  # the first process may not have notified meanwhile
+
+    def _look(self) -> None:
+        """Make every waiter look at the tables."""
+        self.work.fire()
+        self.runs.fire()
 
     def _wake(self, note: Any) -> None:
         if note.payload == self._sender:
