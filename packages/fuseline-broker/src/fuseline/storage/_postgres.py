@@ -117,9 +117,9 @@ class _Presence:
     behind such transactions (tests made while it waits fail, as they would
     if it held the lock), or sees that another holds it exclusively, which
     no such transaction can outlast either; only then does it listen and
-    look at the tables. A later process
-    that does not hold the lock tries again every poll interval, in case
-    its holder went away, and looks at the tables when it gets it.
+    look at the tables. A later process that does not hold the lock tries
+    again every poll interval, in case its holder went away, and looks at
+    the tables when it gets it.
     """
 
     NOTIFY_IF_OTHERS = (
