@@ -1,8 +1,10 @@
-"""HttpBrokerClient's own HTTP/1.1 path for plain http:// brokers, against real sockets.
+"""The clients' own HTTP/1.1 path for plain http:// brokers, against real sockets.
 
 A small standard-library server plays the network: it records what arrives
 and can answer slowly, close connections, or not answer at all. The real
-broker is exercised through this path by the server end-to-end suites.
+broker is exercised through the sync path by the server end-to-end suites;
+the cases that parse answers run on both the sync and the asyncio path
+(``flavour``), which share their parser.
 """
 
 # Tokens here are made-up test values, not secrets.
@@ -10,6 +12,7 @@ broker is exercised through this path by the server end-to-end suites.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -22,9 +25,9 @@ import httpx
 import pytest
 
 from fuseline import errors as fe
-from fuseline.clients import Backoff, HttpBrokerClient
+from fuseline.clients import AsyncHttpBrokerClient, Backoff, HttpBrokerClient
 from fuseline.clients._http_calls import Call
-from fuseline.clients._plain_http import PlainHttp, plain_http_usable
+from fuseline.clients._plain_http import AsyncPlainHttp, PlainHttp, Reply, plain_http_usable
 from fuseline.workflow import StepSchema, WorkflowSchema
 
 FAST = Backoff(retries=2, initial=0.001, maximum=0.001)
@@ -265,15 +268,49 @@ def raw_answer(data: bytes, close: bool = False) -> Answer:
 RUNS = b'{"items": [], "next_cursor": null}'
 
 
-def list_runs_twice(url: str) -> None:
+def list_runs_twice(url: str, flavour: str = "sync") -> None:
     """Two calls whose answers must both parse as an empty page of runs."""
+    if flavour == "asyncio":
+
+        async def twice() -> None:
+            async with AsyncHttpBrokerClient(url, TOKEN, backoff=Backoff(retries=0)) as client:
+                assert (await client.list_runs()).items == []
+                assert (await client.list_runs()).items == []
+
+        asyncio.run(twice())
+        return
     with HttpBrokerClient(url, TOKEN, backoff=Backoff(retries=0)) as client:
         assert client.list_runs().items == []
         assert client.list_runs().items == []
 
 
+def send_once(url: str, flavour: str, timeout: float = 2.0) -> Reply:
+    """``GET /v1/runs`` through the bare transport of the flavour."""
+    call = Call("GET", "/v1/runs", lambda content: content)
+    if flavour == "asyncio":
+
+        async def send() -> Reply:
+            plain = AsyncPlainHttp(url, {}, timeout=timeout)
+            try:
+                return await plain.send(call)
+            finally:
+                plain.close()
+
+        return asyncio.run(send())
+    plain = PlainHttp(url, {}, timeout=timeout)
+    try:
+        return plain.send(call)
+    finally:
+        plain.close()
+
+
+@pytest.fixture(params=["sync", "asyncio"])
+def flavour(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 def test_a_chunked_answer_is_read_whole_and_its_connection_kept(
-    network: tuple[str, Seen, list[Answer]],
+    network: tuple[str, Seen, list[Answer]], flavour: str
 ) -> None:
     url, seen, answers = network
     chunked = b"".join(
@@ -285,23 +322,23 @@ def test_a_chunked_answer_is_read_whole_and_its_connection_kept(
             b"\r\n" + chunked + b"0\r\nX-Trailer: ignored\r\n\r\n"
         )
     )
-    list_runs_twice(url)
+    list_runs_twice(url, flavour)
     assert (len(seen.requests), seen.connections) == (2, 1)
 
 
 def test_an_answer_without_a_length_ends_with_its_connection(
-    network: tuple[str, Seen, list[Answer]],
+    network: tuple[str, Seen, list[Answer]], flavour: str
 ) -> None:
     url, seen, answers = network
     answers.append(
         raw_answer(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + RUNS, True)
     )
-    list_runs_twice(url)
+    list_runs_twice(url, flavour)
     assert (len(seen.requests), seen.connections) == (2, 2)
 
 
 def test_an_informational_answer_is_skipped_for_the_one_that_follows(
-    network: tuple[str, Seen, list[Answer]],
+    network: tuple[str, Seen, list[Answer]], flavour: str
 ) -> None:
     url, _, answers = network
     answers.append(
@@ -312,11 +349,7 @@ def test_an_informational_answer_is_skipped_for_the_one_that_follows(
             + RUNS
         )
     )
-    plain = PlainHttp(url, {}, timeout=2.0)
-    try:
-        reply = plain.send(Call("GET", "/v1/runs", lambda content: content))
-    finally:
-        plain.close()
+    reply = send_once(url, flavour)
     assert (reply.status, reply.retry_after, reply.content) == (200, "3", RUNS)
 
 
@@ -331,16 +364,12 @@ def test_an_informational_answer_is_skipped_for_the_one_that_follows(
     ids=["not-http", "short-body", "two-lengths", "bad-chunk"],
 )
 def test_an_answer_that_is_not_whole_http_is_a_read_error(
-    network: tuple[str, Seen, list[Answer]], answer: bytes
+    network: tuple[str, Seen, list[Answer]], answer: bytes, flavour: str
 ) -> None:
     url, seen, answers = network
     answers.append(raw_answer(answer, close=True))
-    plain = PlainHttp(url, {}, timeout=2.0)
-    try:
-        with pytest.raises(httpx.ReadError):
-            plain.send(Call("GET", "/v1/runs", lambda content: content))
-    finally:
-        plain.close()
+    with pytest.raises(httpx.ReadError):
+        send_once(url, flavour)
     # An unsafe call is not repeated after a read error, and says why it failed.
     with (
         HttpBrokerClient(url, TOKEN, backoff=FAST) as client,
@@ -377,3 +406,68 @@ def test_a_header_that_would_break_the_request_is_refused_before_sending(
         plain.send(Call("GET", "/v1/runs", lambda c: c, headers={"X-Name": "Zoë ✓"}))
     plain.close()
     assert seen.requests == []
+
+
+def test_the_asyncio_client_skips_httpx_and_keeps_one_connection(
+    network: tuple[str, Seen, list[Answer]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, seen, answers = network
+    answers.append(answer_json({"items": [], "next_cursor": None}))
+
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("went through httpx")
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", refuse)
+
+    async def three() -> None:
+        async with AsyncHttpBrokerClient(f"{url}/prefix", TOKEN, backoff=FAST) as client:
+            await client.list_runs(workflow_id="a flow/1", limit=5)
+            await client.list_runs(limit=6)
+            await client.list_runs(limit=7)
+
+    asyncio.run(three())
+    assert seen.connections == 1
+    first = seen.requests[0]
+    assert first["path"] == "/prefix/v1/runs?limit=5&workflow_id=a%20flow%2F1"
+    assert first["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert [r["path"] for r in seen.requests[1:]] == [
+        "/prefix/v1/runs?limit=6",
+        "/prefix/v1/runs?limit=7",
+    ]
+
+
+def test_the_asyncio_client_replaces_an_idle_connection_the_server_dropped(
+    network: tuple[str, Seen, list[Answer]],
+) -> None:
+    url, seen, answers = network
+    answers.append(answer_json({"items": [], "next_cursor": None}))
+
+    async def twice() -> None:
+        async with AsyncHttpBrokerClient(url, TOKEN, backoff=Backoff(retries=0)) as client:
+            await client.list_runs()
+            deadline = time.monotonic() + 10
+            while seen.closed < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert seen.closed == 1
+            await client.list_runs()
+
+    asyncio.run(twice())
+    assert (len(seen.requests), seen.connections) == (2, 2)
+
+
+def test_the_asyncio_path_reports_refused_and_silent_servers_as_httpx_does(
+    network: tuple[str, Seen, list[Answer]],
+) -> None:
+    with pytest.raises(httpx.ConnectError):
+        send_once(f"http://127.0.0.1:{closed_port()}", "asyncio", timeout=1.0)
+    url, seen, answers = network
+    answers.append(never_answer)
+
+    async def claim() -> None:
+        async with AsyncHttpBrokerClient(url, TOKEN, timeout=0.1, backoff=FAST) as client:
+            await client.get_steps("w-1")
+
+    # A claim that may have reached the server is not sent again.
+    with pytest.raises(fe.BrokerUnavailableError, match="ReadTimeout"):
+        asyncio.run(claim())
+    assert len(seen.requests) == 1

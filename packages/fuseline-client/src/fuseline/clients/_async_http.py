@@ -25,6 +25,7 @@ from fuseline.clients._http_common import (
     dispatch_call,
     make_backoff,
 )
+from fuseline.clients._plain_http import AsyncPlainHttp, Reply, plain_http_usable
 from fuseline.clients._retry import Backoff, reached_server, retry_after_seconds
 from fuseline.clients.wire import DispatchRequest, Health
 from fuseline.messages import (
@@ -85,6 +86,12 @@ class AsyncHttpBrokerClient:
             verify=verify,
             follow_redirects=False,
         )
+        # Plain http:// without a proxy skips httpx (see _plain_http).
+        self._plain: AsyncPlainHttp | None = None
+        if transport is None and plain_http_usable(self._settings.base_url):
+            self._plain = AsyncPlainHttp(
+                self._settings.base_url, self._settings.headers, self._settings.timeout
+            )
 
     @property
     def base_url(self) -> str:
@@ -102,17 +109,24 @@ class AsyncHttpBrokerClient:
 
     async def close(self) -> None:
         """Close the pooled connections."""
+        if self._plain is not None:
+            self._plain.close()
         await self._http.aclose()
 
     aclose = close
+
+    async def _send(self, call: Call[Any]) -> Reply:
+        if self._plain is not None:
+            return await self._plain.send(call)
+        response = await self._http.send(build_request(self._http, self._settings, call))
+        return Reply(response.status_code, response.headers.get("Retry-After"), response.content)
 
     # -- sending ----------------------------------------------------------------------
     async def _execute(self, call: Call[T]) -> T:
         attempt = 0
         while True:
             try:
-                request = build_request(self._http, self._settings, call)
-                response = await self._http.send(request)
+                reply = await self._send(call)
             except httpx.TransportError as exc:
                 if attempt < self._backoff.retries and (call.retry_safe or not reached_server(exc)):
                     await asyncio.sleep(self._backoff.delay(attempt))
@@ -120,17 +134,17 @@ class AsyncHttpBrokerClient:
                     continue
                 raise self._settings.unavailable(exc) from exc
             if (
-                response.status_code in RETRYABLE_STATUSES
+                reply.status in RETRYABLE_STATUSES
                 and call.retry_safe
                 and attempt < self._backoff.retries
             ):
-                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                retry_after = retry_after_seconds(reply.retry_after)
                 await asyncio.sleep(self._backoff.delay(attempt, retry_after))
                 attempt += 1
                 continue
-            if response.is_success:
-                return call.parse(response.content)
-            raise error_from_response(response.status_code, response.content, self.base_url)
+            if 200 <= reply.status < 300:
+                return call.parse(reply.content)
+            raise error_from_response(reply.status, reply.content, self.base_url)
 
     # -- workers ----------------------------------------------------------------------
     async def register_worker(
