@@ -294,7 +294,7 @@ def send_once(url: str, flavour: str, timeout: float = 2.0) -> Reply:
             try:
                 return await plain.send(call)
             finally:
-                plain.close()
+                await plain.close()
 
         return asyncio.run(send())
     plain = PlainHttp(url, {}, timeout=timeout)

@@ -110,7 +110,7 @@ class AsyncHttpBrokerClient:
     async def close(self) -> None:
         """Close the pooled connections."""
         if self._plain is not None:
-            self._plain.close()
+            await self._plain.close()
         await self._http.aclose()
 
     aclose = close

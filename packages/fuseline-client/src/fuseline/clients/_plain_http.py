@@ -26,6 +26,7 @@ reached the server) apply to both paths unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import socket
 import threading
@@ -458,12 +459,15 @@ class AsyncPlainHttp:
             raise _connect_error(exc) from exc
         return _Stream(reader, writer)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close the idle connections; ones in use close when their request ends."""
         self._closed = True
         idle, self._idle = self._idle, []
         for stream in idle:
             stream.close()
+        for stream in idle:
+            with contextlib.suppress(OSError):
+                await stream.writer.wait_closed()
 
 
 def _read_timeout(seconds: float) -> httpx.ReadTimeout:
