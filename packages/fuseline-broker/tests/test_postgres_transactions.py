@@ -624,7 +624,7 @@ def test_a_heartbeat_reads_in_one_round_trip_and_extends_with_the_commit(
         before = {
             step.run_id: step.deadline
             for step in broker.storage.atomic(
-                lambda t: t.running_steps_of(worker.worker_id), write=False
+                lambda t: t.leases_of(worker.worker_id)[0], write=False
             )
         }
         sent = _RoundTrips()
@@ -639,7 +639,7 @@ def test_a_heartbeat_reads_in_one_round_trip_and_extends_with_the_commit(
         after = {
             step.run_id: step.deadline
             for step in broker.storage.atomic(
-                lambda t: t.running_steps_of(worker.worker_id), write=False
+                lambda t: t.leases_of(worker.worker_id)[0], write=False
             )
         }
         assert after[run_ids[0]] == before[run_ids[0]]  # a cancelled run's lease stays

@@ -97,7 +97,7 @@ def test_extending_several_leases_moves_only_those_still_held(broker: StorageBro
     assert len(worker.claim_all()) == 3
 
     def body(t: StorageTransaction) -> tuple[set[tuple[str, str]], list[str]]:
-        rows = sorted(t.running_steps_of(worker.worker_id), key=lambda row: row.run_id)
+        rows = sorted(t.leases_of(worker.worker_id)[0], key=lambda row: row.run_id)
         # As if its lease had been handed on: it now holds another token.
         stale = dataclasses.replace(rows[0], lease_token=rows[1].lease_token)
         far = t.now() + 3600
@@ -107,7 +107,7 @@ def test_extending_several_leases_moves_only_those_still_held(broker: StorageBro
     moved, run_ids = broker.storage.atomic(body)
     assert moved == {(run_ids[1], "a"), (run_ids[2], "a")}
     deadlines = broker.storage.atomic(
-        lambda t: {row.run_id: row.deadline for row in t.running_steps_of(worker.worker_id)},
+        lambda t: {row.run_id: row.deadline for row in t.leases_of(worker.worker_id)[0]},
         write=False,
     )
     assert deadlines[run_ids[0]] is not None and deadlines[run_ids[1]] is not None

@@ -339,12 +339,10 @@ class StorageTransaction(ABC):
         return rows, runs
 
     @abstractmethod
-    def running_steps_of(self, worker_id: str) -> list[StoredStep]:
-        """The RUNNING steps whose lease the worker holds (live or expired)."""
-
-    @abstractmethod
     def leases_of(self, worker_id: str) -> tuple[list[StoredStep], set[str]]:
         """What a heartbeat reads: the worker's RUNNING steps, and which runs were asked to cancel.
+
+        The steps are those whose lease the worker holds, live or expired.
 
         Backends may read both, and the clock, at once.
         """

@@ -304,11 +304,8 @@ class _MemoryTransaction(StorageTransaction):
         self._took(claimed)
         return claimed
 
-    def running_steps_of(self, worker_id: str) -> list[StoredStep]:
-        return [_copy(s) for s in self._t.running.values() if s.worker_id == worker_id]
-
     def leases_of(self, worker_id: str) -> tuple[list[StoredStep], set[str]]:
-        steps = self.running_steps_of(worker_id)
+        steps = [_copy(s) for s in self._t.running.values() if s.worker_id == worker_id]
         cancelled = {
             step.run_id
             for step in steps

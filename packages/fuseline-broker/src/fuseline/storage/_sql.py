@@ -966,15 +966,6 @@ class SqlTransaction(StorageTransaction):
             self.claimed_with_commit = steps
         return steps, runs
 
-    def running_steps_of(self, worker_id: str) -> list[StoredStep]:
-        """RUNNING steps whose lease the worker holds."""
-        rows = self._execute(
-            f"SELECT {_STEP_COLUMNS} FROM fuseline_steps "
-            "WHERE worker_id = ? AND status = 'RUNNING'",
-            (worker_id,),
-        ).fetchall()
-        return [_step(row) for row in rows]
-
     def leases_of(self, worker_id: str) -> tuple[list[StoredStep], set[str]]:
         """The worker's RUNNING steps with their runs' cancellation requests, in one statement.
 

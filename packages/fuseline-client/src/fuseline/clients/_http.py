@@ -24,7 +24,7 @@ from fuseline.clients._http_common import (
     dispatch_call,
     make_backoff,
 )
-from fuseline.clients._plain_http import PlainHttp, Reply, plain_http_usable
+from fuseline.clients._plain_http import PlainHttp, Reply, plain_http_usable, reply_of
 from fuseline.clients._retry import Backoff, reached_server, retry_after_seconds
 from fuseline.clients.wire import DispatchRequest, Health
 from fuseline.messages import (
@@ -125,7 +125,7 @@ class HttpBrokerClient(BrokerClient):
         if self._plain is not None:
             return self._plain.send(call)
         response = self._http.send(build_request(self._http, self._settings, call))
-        return Reply(response.status_code, response.headers.get("Retry-After"), response.content)
+        return reply_of(response)
 
     # -- sending ----------------------------------------------------------------------
     def _execute(self, call: Call[T]) -> T:

@@ -40,7 +40,7 @@ import httpx
 from fuseline.clients._http_calls import Call
 from fuseline.errors import InvalidInputError
 
-__all__ = ["AsyncPlainHttp", "PlainHttp", "Reply", "plain_http_usable"]
+__all__ = ["AsyncPlainHttp", "PlainHttp", "Reply", "plain_http_usable", "reply_of"]
 
 # Idle connections kept per client; a worker uses at most a few at once.
 _MAX_IDLE = 8
@@ -67,6 +67,11 @@ class Reply(NamedTuple):
     status: int
     retry_after: str | None
     content: bytes
+
+
+def reply_of(response: httpx.Response) -> Reply:
+    """The :class:`Reply` of a response that went through httpx."""
+    return Reply(response.status_code, response.headers.get("Retry-After"), response.content)
 
 
 class _BadAnswer(Exception):
