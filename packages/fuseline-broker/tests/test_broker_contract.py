@@ -875,6 +875,14 @@ def test_results_that_are_not_json_are_rejected(broker: StorageBroker) -> None:
     }
 
 
+@pytest.mark.parametrize("lease", [0.0, -1.0, float("inf"), float("nan")])
+def test_a_lease_that_is_not_a_positive_finite_time_is_refused(lease: float) -> None:
+    # An endless lease would never hand a dead worker's step to another one
+    # (and no storage could write its deadline).
+    with pytest.raises(InvalidInputError, match="default_lease must be a positive, finite"):
+        StorageBroker(MemoryStorage(), default_lease=lease)
+
+
 def test_inputs_that_are_not_json_are_rejected(broker: StorageBroker) -> None:
     single = schema("inputs", steps=["only"])
     broker.dispatch_workflow(single, {"fine": True})

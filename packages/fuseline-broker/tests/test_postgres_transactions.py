@@ -485,6 +485,89 @@ def test_rows_written_between_statements_go_out_as_one_statement_per_kind(
         assert run is not None and (run.status, run.finished_steps) == (Status.RUNNING, 1)
 
 
+# Values that must come back exactly as written, whatever way a row is sent.
+_AWKWARD_RESULT = {"text": 'quote " backslash \\ tab\t é ✓ 😀', "n": -7, "x": 0.1 + 0.2}
+_AWKWARD_TIME = 1_765_000_000.123_456_7
+
+
+def _statements_and_params(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Each statement psycopg is asked to run, with how many parameters it carries."""
+    seen: list[tuple[str, int]] = []
+    execute = psycopg.Cursor.execute
+
+    def noted(cursor: Any, query: Any, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        seen.append((str(query).split()[0], len(params or ())))
+        return execute(cursor, query, params, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", noted)
+    return seen
+
+
+def test_a_batch_sends_one_parameter_per_row_and_every_value_comes_back_exact(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # psycopg converts a statement of more than 50 parameters from its text on
+    # every call; a batch of nine reports used to send 9 x 19 of them.
+    run_ids = [f"r-batch-{n}" for n in range(9)]
+    for run_id in run_ids:
+        _stored_run(storage, run_id)
+    sent = _statements_and_params(monkeypatch)
+
+    def body(t: StorageTransaction) -> None:
+        for run_id, run in t.runs_by_id(run_ids, lock=True).items():
+            step = StoredStep(run_id, "a", "wf", "1", Status.SUCCEEDED, attempt=2)
+            step.result, step.finished_at, step.lease_seconds = _AWKWARD_RESULT, _AWKWARD_TIME, 7.25
+            step.or_winners, step.worker_id = {"p": "é"}, None
+            t.update_step(step)
+            t.add_steps(
+                [StoredStep(run_id, "b", "wf", "1", Status.PENDING, ready_at=_AWKWARD_TIME)]
+            )
+            run.status, run.finished_steps, run.result = Status.RUNNING, 1, _AWKWARD_RESULT
+            t.update_run(run)
+
+    storage.atomic(body)
+    writes = [(head, count) for head, count in sent if head in ("INSERT", "UPDATE")]
+    assert writes == [("INSERT", 9), ("UPDATE", 9), ("UPDATE", 9)]
+    for run_id in run_ids:
+        steps = _steps(storage, run_id)
+        a, b = steps["a"], steps["b"]
+        assert (a.status, a.attempt, a.result, a.finished_at) == (
+            Status.SUCCEEDED,
+            2,
+            _AWKWARD_RESULT,
+            _AWKWARD_TIME,
+        )
+        assert (a.lease_seconds, a.or_winners, a.worker_id, a.deadline) == (
+            7.25,
+            {"p": "é"},
+            None,
+            None,
+        )
+        assert (b.status, b.ready_at, b.attempt) == (Status.PENDING, _AWKWARD_TIME, 0)
+        run = storage.atomic(lambda t, run_id=run_id: t.get_run(run_id), write=False)
+        assert run is not None
+        assert (run.status, run.finished_steps, run.result) == (Status.RUNNING, 1, _AWKWARD_RESULT)
+
+
+def test_a_run_with_several_first_steps_sends_one_parameter_per_step(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [f"root-{n}" for n in range(6)]
+    run = StoredRun("r-roots", "wf", "1", {"n": "é"}, Status.PENDING)
+    first = [
+        StoredStep("r-roots", name, "wf", "1", Status.PENDING, lease_seconds=9.5) for name in names
+    ]
+    sent = _statements_and_params(monkeypatch)
+    assert storage.atomic(lambda t: t.add_run_with_steps(run, first, last=True))
+    (count,) = [count for head, count in sent if head == "WITH"]
+    assert count <= 20, f"the run and its {len(names)} steps took {count} parameters"
+    steps = _steps(storage, "r-roots")
+    assert sorted(steps) == names
+    assert {(s.status, s.lease_seconds, s.ready_at) for s in steps.values()} == {
+        (Status.PENDING, 9.5, run.created_at)
+    }
+
+
 def test_a_row_written_twice_before_it_goes_out_keeps_its_last_values(
     storage: PostgresStorage,
 ) -> None:

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -102,8 +103,8 @@ class StorageBroker(Broker):
         retention: float | None = None,
         sweep_interval: float = 1.0,
     ) -> None:
-        if default_lease <= 0:
-            raise InvalidInputError("default_lease must be a positive number of seconds.")
+        if not 0 < default_lease < math.inf:
+            raise InvalidInputError("default_lease must be a positive, finite number of seconds.")
         if default_max_attempts < 1:
             raise InvalidInputError("default_max_attempts must be at least 1.")
         self.storage = storage

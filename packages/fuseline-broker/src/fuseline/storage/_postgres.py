@@ -34,9 +34,9 @@ from fuseline.storage._base import RuntimeStorage, StorageTransaction, StoredRun
 from fuseline.storage._sql import (
     POSTGRESQL,
     SqlTransaction,
-    flattened,
     key_last,
     migrations,
+    row_params,
     run_change,
     runs_update_statement,
     step_change,
@@ -318,8 +318,8 @@ class _PgTransaction(SqlTransaction):
         if self._new_steps:
             rows = list(self._new_steps.values())
             self._new_steps = {}
-            statement = steps_insert_statement(len(rows))
-            self._held.append((self._dialect.sql(statement), flattened(rows), None))
+            statement = self._dialect.sql(steps_insert_statement(len(rows)))
+            self._held.append((statement, rows[0] if len(rows) == 1 else row_params(rows), None))
         for changed, key_size, build in (
             (self._changed_steps, 2, steps_update_statement),
             (self._changed_runs, 1, runs_update_statement),
@@ -328,7 +328,7 @@ class _PgTransaction(SqlTransaction):
                 continue
             rows = list(changed.values())
             changed.clear()
-            params = key_last(rows[0], key_size) if len(rows) == 1 else flattened(rows)
+            params = key_last(rows[0], key_size) if len(rows) == 1 else row_params(rows)
             self._held.append((self._dialect.sql(build(len(rows))), params, None))
 
     def _check_read(self, statement: str) -> None:

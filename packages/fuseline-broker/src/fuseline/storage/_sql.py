@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Collection, Iterable, Sequence, Sized
+from collections.abc import Callable, Collection, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -235,20 +235,64 @@ _RUN_COLUMN_COUNT = _RUN_COLUMNS.count(",") + 1
 
 
 @functools.lru_cache(maxsize=64)
-def _run_with_steps_statement(run_insert: str, step_count: int) -> str:
+def _run_with_steps_statement(run_insert: str, run_values: int, step_count: int) -> str:
     """The statement that inserts a run and ``step_count`` first steps (PostgreSQL).
 
     The steps are inserted only when the run is, dated from its ``created_at``.
     Cached: the text depends only on the run's insert and the number of steps.
     """
-    row_marks = "(" + ", ".join(f"?::{kind}" for kind in _STEP_TYPES) + ")"
     picked = ", ".join(_FIRST_STEP_PICKS.get(column, f"v.{column}") for column in _STEP_NAMES)
+    steps = _typed_rows(_STEP_TYPES, step_count, run_values)
     return (
         f"WITH new_run AS ({run_insert}), "
         f"new_steps AS (INSERT INTO fuseline_steps ({_STEP_COLUMNS}) SELECT {picked} "
-        f"FROM new_run, (VALUES {', '.join([row_marks] * step_count)}) "
-        f"AS v({_STEP_COLUMNS})) "
+        f"FROM new_run, {steps} AS v({_STEP_COLUMNS})) "
         "SELECT seq, created_at FROM new_run"
+    )
+
+
+# psycopg keeps the converted text of a statement of at most this many
+# parameters; one of more is converted from its text again on every call.
+_PSYCOPG_CACHED_PARAMS = 50
+
+
+def _row_per_param(count: int, width: int, others: int) -> bool:
+    """Whether rows go as one JSON parameter each rather than one parameter per value."""
+    return others + count * width > _PSYCOPG_CACHED_PARAMS
+
+
+def _typed_rows(types: Sequence[str], count: int, others: int = 0) -> str:
+    """A ``VALUES`` list of ``count`` typed rows, for a statement with ``others`` parameters more.
+
+    Each value is a parameter of its own while the statement stays within
+    what psycopg keeps converted; beyond, each row is one JSON parameter
+    (:func:`row_params`), since converting a statement's text costs more
+    than reading JSON (a third of a millisecond for four step rows on a slow
+    machine). Either way the rows stay a ``VALUES`` list, so the planner
+    knows how many there are and looks each one up by its key: rows from a
+    function over one JSON array would be guessed at a hundred and joined
+    by scanning the whole table.
+    """
+    if not _row_per_param(count, len(types), others):
+        row = "(" + ", ".join(f"?::{kind}" for kind in types) + ")"
+        return f"(VALUES {', '.join([row] * count)})"
+    picks = ", ".join(f"(r->>{index})::{kind}" for index, kind in enumerate(types))
+    rows = ", ".join(["(?::json)"] * count)
+    return f"(SELECT {picks} FROM (VALUES {rows}) AS j(r))"
+
+
+def row_params(rows: Sequence[Sequence[Any]], others: int = 0) -> tuple[Any, ...]:
+    """The parameters of ``rows`` (plain values: text, numbers, None) for :func:`_typed_rows`.
+
+    A row sent as JSON keeps every value exact: a float's JSON is the
+    shortest text that reads back as the same number, and the server reads
+    that text as the column's type. Stored floats are finite (times and
+    durations), as JSON has no infinity.
+    """
+    if not rows or not _row_per_param(len(rows), len(rows[0]), others):
+        return tuple(value for row in rows for value in row)
+    return tuple(
+        json.dumps(row, separators=(",", ":"), ensure_ascii=False, allow_nan=False) for row in rows
     )
 
 
@@ -260,27 +304,30 @@ _RUN_CHANGE_TYPES = ("text", "double precision", "integer", "text", "integer")
 
 @functools.lru_cache(maxsize=64)
 def steps_insert_statement(count: int) -> str:
-    """The statement that inserts ``count`` step rows."""
-    row = "(" + ", ".join("?" * len(_STEP_NAMES)) + ")"
-    return f"INSERT INTO fuseline_steps ({_STEP_COLUMNS}) VALUES {', '.join([row] * count)}"
+    """The statement that inserts ``count`` step rows, from :func:`row_params` when several."""
+    if count == 1:
+        row = "(" + ", ".join("?" * len(_STEP_NAMES)) + ")"
+        return f"INSERT INTO fuseline_steps ({_STEP_COLUMNS}) VALUES {row}"
+    rows = _typed_rows(_STEP_TYPES, count)
+    return f"INSERT INTO fuseline_steps ({_STEP_COLUMNS}) SELECT * FROM {rows} AS v"
 
 
 @functools.lru_cache(maxsize=64)
 def steps_update_statement(count: int) -> str:
     """The statement that writes ``count`` steps' changing fields, from :func:`step_change`.
 
-    Several rows go in one statement as typed ``VALUES`` (PostgreSQL).
+    One row takes its values with the key last (:func:`key_last`); several
+    go as :func:`row_params` (PostgreSQL).
     """
     if count == 1:
         assignments = ", ".join(f"{column} = ?" for column in _STEP_CHANGES)
         return f"UPDATE fuseline_steps SET {assignments} WHERE run_id = ? AND step_name = ?"
+    columns = ("run_id", "step_name", *_STEP_CHANGES)
     types = (*_STEP_TYPES[:2], *_STEP_TYPES[4:])
-    row = "(" + ", ".join(f"?::{kind}" for kind in types) + ")"
     return (
         "UPDATE fuseline_steps AS s SET "
         + ", ".join(f"{column} = v.{column}" for column in _STEP_CHANGES)
-        + f" FROM (VALUES {', '.join([row] * count)}) "
-        + f"AS v(run_id, step_name, {', '.join(_STEP_CHANGES)}) "
+        + f" FROM {_typed_rows(types, count)} AS v({', '.join(columns)}) "
         + "WHERE s.run_id = v.run_id AND s.step_name = v.step_name"
     )
 
@@ -297,16 +344,19 @@ def step_change(step: StoredStep) -> tuple[Any, ...]:
 
 @functools.lru_cache(maxsize=64)
 def runs_update_statement(count: int) -> str:
-    """The statement that writes ``count`` runs' changing fields, from :func:`run_change`."""
+    """The statement that writes ``count`` runs' changing fields, from :func:`run_change`.
+
+    Values go as for :func:`steps_update_statement`.
+    """
     if count == 1:
         assignments = ", ".join(f"{column} = ?" for column in _RUN_CHANGES)
         return f"UPDATE fuseline_runs SET {assignments} WHERE run_id = ?"
-    row = "(" + ", ".join(f"?::{kind}" for kind in ("text", *_RUN_CHANGE_TYPES)) + ")"
+    columns = ("run_id", *_RUN_CHANGES)
     return (
         "UPDATE fuseline_runs AS r SET "
         + ", ".join(f"{column} = v.{column}" for column in _RUN_CHANGES)
-        + f" FROM (VALUES {', '.join([row] * count)}) "
-        + f"AS v(run_id, {', '.join(_RUN_CHANGES)}) WHERE r.run_id = v.run_id"
+        + f" FROM {_typed_rows(('text', *_RUN_CHANGE_TYPES), count)} "
+        + f"AS v({', '.join(columns)}) WHERE r.run_id = v.run_id"
     )
 
 
@@ -320,11 +370,6 @@ def run_change(run: StoredRun) -> tuple[Any, ...]:
         None if run.result is None else _dump(run.result),
         run.finished_steps,
     )
-
-
-def flattened(rows: Iterable[tuple[Any, ...]]) -> tuple[Any, ...]:
-    """The values of ``rows`` one after the other, for a statement of several rows."""
-    return tuple(value for row in rows for value in row)
 
 
 def key_last(values: tuple[Any, ...], key_size: int) -> tuple[Any, ...]:
@@ -606,8 +651,9 @@ class SqlTransaction(StorageTransaction):
             if step.status is Status.PENDING:
                 self._made_ready(step)
         run_insert, run_values = self._run_insert(run)
-        statement = _run_with_steps_statement(run_insert, len(steps))
-        return statement, [*run_values, *flattened(step_values(step) for step in steps)]
+        statement = _run_with_steps_statement(run_insert, len(run_values), len(steps))
+        rows = [step_values(step) for step in steps]
+        return statement, [*run_values, *row_params(rows, len(run_values))]
 
     def _run_with_steps_stored(
         self, run: StoredRun, steps: Sequence[StoredStep], row: Sequence[Any] | None
