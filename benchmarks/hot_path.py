@@ -194,6 +194,21 @@ def count_statements(url: str) -> list[dict[str, Any]]:
             poll.join(10)
             if not handed or handed[0] is None:
                 raise RuntimeError("the waiting worker was not handed the dispatched step")
+            # The same for a single-step run. Its poll had found nothing, and
+            # no work was queued since: the claim that the report would make
+            # could find nothing, and is left out.
+            handed.clear()
+            poll = threading.Thread(target=lambda: handed.append(broker.get_step(worker, wait=10)))
+            poll.start()
+            _await(lambda: len(broker._waiters) == 1, "the long poll to wait")
+            broker.dispatch_workflow(single, {"n": 10})
+            poll.join(10)
+            if not handed or handed[0] is None:
+                raise RuntimeError("the waiting worker was not handed the dispatched step")
+            measure(
+                "report + claim_next of a single step handed to a waiting poll, no work since",
+                lambda: _report(broker, worker, handed[0], {"n": 10}, True),
+            )
     finally:
         broker.close()
     return found

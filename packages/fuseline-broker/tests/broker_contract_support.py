@@ -201,6 +201,26 @@ class HandWorker:
         assert len(by_name) == len(claimed), "one run's step was handed out twice"
         return by_name
 
+    @staticmethod
+    def report_of(
+        assignment: StepAssignment,
+        state: Status,
+        result: Any = None,
+        *,
+        error: StepError | None = None,
+        token: str | bool | None = True,
+    ) -> StepReport:
+        """The report on ``assignment``; ``token`` True sends its lease token, else the value."""
+        return StepReport(
+            workflow_id=assignment.workflow_id,
+            instance_id=assignment.instance_id,
+            step_name=assignment.step_name,
+            state=state,
+            result=result,
+            error=error,
+            lease_token=assignment.lease_token if token is True else (token or None),
+        )
+
     def report(
         self,
         assignment: StepAssignment,
@@ -211,21 +231,9 @@ class HandWorker:
         token: str | bool | None = True,
         claim_next: bool = False,
     ) -> StepAssignment | None:
-        """Report ``assignment``; ``token`` True sends its lease token, else the value given."""
-        lease_token = assignment.lease_token if token is True else (token or None)
-        return self.broker.report_step(
-            self.worker_id,
-            StepReport(
-                workflow_id=assignment.workflow_id,
-                instance_id=assignment.instance_id,
-                step_name=assignment.step_name,
-                state=state,
-                result=result,
-                error=error,
-                lease_token=lease_token,
-            ),
-            claim_next=claim_next,
-        )
+        """Report ``assignment`` (see :meth:`report_of`)."""
+        report = self.report_of(assignment, state, result, error=error, token=token)
+        return self.broker.report_step(self.worker_id, report, claim_next=claim_next)
 
     def succeed(self, assignment: StepAssignment, result: Any = None) -> None:
         """Report the step SUCCEEDED with ``result``."""

@@ -4,6 +4,8 @@ A worker handed a step by a dispatch asks for more at once. When no hint of
 new work reached the broker process since that worker's last claim found
 nothing, the new poll goes on waiting without a claim transaction; any hint,
 a failed hand-off or one poll interval without news makes it look again.
+For the same reason a report that made nothing ready claims nothing with it
+then: its transaction leaves the claiming statement out.
 Likewise a caller waiting for a run dispatched in this process does not read
 it first while no hint says that a run ended.
 """
@@ -21,9 +23,12 @@ from fuseline.broker import _storage_broker as storage_broker_module
 from fuseline.broker._sightings import Sightings
 from fuseline.errors import WaitTimeoutError
 from fuseline.messages import RunDetails, StepAssignment
+from fuseline.status import Status
 from fuseline.storage import PostgresStorage, SQLiteStorage
+from fuseline.workflow import WorkflowSchema
 
 SINGLE = schema("long-poll-single", steps=["only"])
+CHAIN = schema("long-poll-chain", [("first", "second")])
 
 
 class Claims:
@@ -52,13 +57,15 @@ def patient(broker: StorageBroker) -> StorageBroker:
     return broker
 
 
-def handed_a_step(broker: StorageBroker, worker: HandWorker) -> StepAssignment:
-    """Let ``worker`` wait in a long poll and serve it with a dispatch."""
+def handed_a_step(
+    broker: StorageBroker, worker: HandWorker, workflow: WorkflowSchema = SINGLE
+) -> StepAssignment:
+    """Let ``worker`` wait in a long poll and serve it with a dispatch of ``workflow``."""
     found: list[StepAssignment | None] = []
     poll = threading.Thread(target=lambda: found.append(worker.claim(wait=10)))
     poll.start()
     wait_until(lambda: len(broker._waiters) == 1, "the long poll to wait")
-    broker.dispatch_workflow(SINGLE)
+    broker.dispatch_workflow(workflow)
     poll.join(15)
     assert found and found[0] is not None, "the dispatch did not serve the waiting poll"
     return found[0]
@@ -124,6 +131,61 @@ def test_another_worker_s_empty_look_does_not_stand_for_this_one(
     assert other.claim(wait=0.2) is None
 
     assert claims.count == before + 1
+
+
+def test_a_report_with_nothing_new_to_claim_sends_no_claim(
+    patient: StorageBroker, claims: Claims
+) -> None:
+    worker = HandWorker(patient, [SINGLE])
+    step = handed_a_step(patient, worker)
+    before = claims.count
+
+    assert worker.report(step, Status.SUCCEEDED, 1, claim_next=True) is None
+
+    assert claims.count == before
+    assert patient.get_run(step.instance_id).result == {"only": 1}
+
+
+def test_a_report_claims_work_queued_since_the_last_empty_look(
+    patient: StorageBroker, claims: Claims
+) -> None:
+    worker = HandWorker(patient, [SINGLE])
+    step = handed_a_step(patient, worker)
+    queued = patient.dispatch_workflow(SINGLE)  # no one waits: the step stays queued
+
+    following = worker.report(step, Status.SUCCEEDED, 1, claim_next=True)
+
+    assert following is not None and following.instance_id == queued
+
+
+def test_a_report_claims_the_successor_it_made_ready(
+    patient: StorageBroker, claims: Claims
+) -> None:
+    worker = HandWorker(patient, [CHAIN])
+    first = handed_a_step(patient, worker, CHAIN)
+    before = claims.count
+
+    second = worker.report(first, Status.SUCCEEDED, 1, claim_next=True)
+
+    assert second is not None and second.step_name == "second"
+    assert second.instance_id == first.instance_id
+    assert claims.count == before + 1
+
+
+def test_a_batch_with_nothing_new_to_claim_sends_no_claim(
+    patient: StorageBroker, claims: Claims
+) -> None:
+    worker = HandWorker(patient, [SINGLE])
+    step = handed_a_step(patient, worker)
+    before = claims.count
+
+    report = worker.report_of(step, Status.SUCCEEDED, 2)
+    reply = patient.report_steps(worker.worker_id, [report], claim=4)
+
+    assert [outcome.accepted for outcome in reply.outcomes] == [True]
+    assert reply.assignments == []
+    assert claims.count == before
+    assert patient.get_run(step.instance_id).result == {"only": 2}
 
 
 class Reads:

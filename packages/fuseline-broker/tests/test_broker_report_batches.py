@@ -28,14 +28,7 @@ S = Status
 def _report(
     assignment: StepAssignment, result: Any, *, token: str | None = "", state: Status = S.SUCCEEDED
 ) -> StepReport:
-    return StepReport(
-        workflow_id=assignment.workflow_id,
-        instance_id=assignment.instance_id,
-        step_name=assignment.step_name,
-        state=state,
-        result=result,
-        lease_token=assignment.lease_token if token == "" else token,
-    )
+    return HandWorker.report_of(assignment, state, result, token=True if token == "" else token)
 
 
 def test_a_batch_records_every_report_and_claims_the_successors(broker: StorageBroker) -> None:

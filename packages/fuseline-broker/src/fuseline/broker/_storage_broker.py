@@ -343,13 +343,16 @@ class StorageBroker(Broker):
             worker_id: The reporting worker.
             report: The outcome.
             claim_next: Also claim the worker's next ready step, in the same
-                transaction, and return it.
+                transaction, and return it. Left out when the report made
+                nothing ready and the worker's last claim found nothing, with
+                no hint of new work since (such a claim would find nothing).
 
         Raises:
             LeaseConflictError: The worker does not hold a live lease on the step.
             RunNotFoundError, StepNotFoundError, WorkerNotFoundError: Unknown ids.
         """
         checked = check_report(report, self.max_result_bytes)
+        since = self.storage.work.generation
 
         def body(t: StorageTransaction) -> StepAssignment | None:
             self._catalog.workflows_of(t, worker_id)
@@ -358,7 +361,7 @@ class StorageBroker(Broker):
                 # A repeat of the accepted report (a retry after a lost answer):
                 # answer it, and change nothing, not even by claiming a step.
                 return None
-            if not claim_next:
+            if not claim_next or self._nothing_to_claim(t, worker_id, since):
                 return None
             found = claim_steps(t, self._catalog, worker_id, 1, known)
             return found[0] if found else None
@@ -374,7 +377,8 @@ class StorageBroker(Broker):
         report does not refuse the others: its outcome carries the error
         instead. Reports are applied in the order of their runs' ids (so that
         batches lock runs in one order), and the outcomes come back in the
-        order the reports were given.
+        order the reports were given. The claim is left out as
+        :meth:`report_step` leaves it out.
 
         Raises:
             InvalidInputError: No reports, more than the page limit, or ``claim`` out of range.
@@ -392,6 +396,7 @@ class StorageBroker(Broker):
             except FuselineError as exc:
                 outcomes[index] = ReportOutcome.refused(report, exc)
         checked.sort(key=lambda item: item[1].report.instance_id)
+        since = self.storage.work.generation
 
         def body(t: StorageTransaction) -> ReportBatchReply:
             self._catalog.workflows_of(t, worker_id)
@@ -407,14 +412,26 @@ class StorageBroker(Broker):
                     done[index] = ReportOutcome.accepted_for(one.report)
             # As with one report: a batch that only repeats accepted reports
             # changes nothing, not even by claiming.
-            found = (
-                claim_steps(t, self._catalog, worker_id, claim, known) if claim and recorded else []
-            )
+            wanted = claim > 0 and recorded and not self._nothing_to_claim(t, worker_id, since)
+            found = claim_steps(t, self._catalog, worker_id, claim, known) if wanted else []
             return ReportBatchReply(
                 outcomes=[outcome for outcome in done if outcome is not None], assignments=found
             )
 
         return self.storage.atomic(body)
+
+    def _nothing_to_claim(self, t: StorageTransaction, worker_id: str, since: int) -> bool:
+        """Whether a claim for ``worker_id`` at this point of ``t`` would surely find nothing.
+
+        It would when ``t`` made no step ready and the worker's last claim
+        found nothing, with no hint of new work since (``since`` is the
+        hints' generation read before ``t`` began): the claim's statement
+        can then be left out. Work whose hint comes later wakes the worker's
+        waiting poll, as it would have anyway.
+        """
+        if t.work_changed:
+            return False
+        return self._empty.still_holds(worker_id, since, time.monotonic()) is not None
 
     @staticmethod
     def _read_ahead(t: StorageTransaction, run_ids: list[str]) -> dict[str, Known]:
