@@ -4,8 +4,8 @@ A worker handed a step by a dispatch asks for more at once. When no hint of
 new work reached the broker process since that worker's last claim found
 nothing, the new poll goes on waiting without a claim transaction; any hint,
 a failed hand-off or one poll interval without news makes it look again.
-For the same reason a report that made nothing ready claims nothing with it
-then: its transaction leaves the claiming statement out.
+For the same reason a report that made no step ready then claims nothing:
+its transaction leaves the claim out.
 Likewise a caller waiting for a run dispatched in this process does not read
 it first while no hint says that a run ended.
 """
