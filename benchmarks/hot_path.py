@@ -183,35 +183,40 @@ def count_statements(url: str) -> list[dict[str, Any]]:
             measure("wait_for_run on a finished run", lambda: broker.wait_for_run(run_id, 1))
             measure("heartbeat (keep_alive) holding 5 leases", lambda: broker.keep_alive(worker))
             # A worker waiting in a long poll gets the step from the dispatch itself.
-            handed: list[StepAssignment | None] = []
-            poll = threading.Thread(target=lambda: handed.append(broker.get_step(worker, wait=10)))
-            poll.start()
-            _await(lambda: len(broker._waiters) == 1, "the long poll to wait")
-            measure(
-                "dispatch while a worker waits (the first step is leased to it)",
-                lambda: broker.dispatch_workflow(schema, {"n": 9}, idempotency_key="hot-path-2"),
+            _handed(
+                broker,
+                worker,
+                lambda: measure(
+                    "dispatch while a worker waits (the first step is leased to it)",
+                    lambda: broker.dispatch_workflow(
+                        schema, {"n": 9}, idempotency_key="hot-path-2"
+                    ),
+                ),
             )
-            poll.join(10)
-            if not handed or handed[0] is None:
-                raise RuntimeError("the waiting worker was not handed the dispatched step")
             # The same for a single-step run. Its poll had found nothing, and
             # no work was queued since: the claim that the report would make
             # could find nothing, and is left out.
-            handed.clear()
-            poll = threading.Thread(target=lambda: handed.append(broker.get_step(worker, wait=10)))
-            poll.start()
-            _await(lambda: len(broker._waiters) == 1, "the long poll to wait")
-            broker.dispatch_workflow(single, {"n": 10})
-            poll.join(10)
-            if not handed or handed[0] is None:
-                raise RuntimeError("the waiting worker was not handed the dispatched step")
+            handed = _handed(broker, worker, lambda: broker.dispatch_workflow(single, {"n": 10}))
             measure(
                 "report + claim_next of a single step handed to a waiting poll, no work since",
-                lambda: _report(broker, worker, handed[0], {"n": 10}, True),
+                lambda: _report(broker, worker, handed, {"n": 10}, True),
             )
     finally:
         broker.close()
     return found
+
+
+def _handed(broker: PostgresBroker, worker: str, dispatch: Callable[[], Any]) -> StepAssignment:
+    """Let ``worker`` wait in a long poll, call ``dispatch``; the step the poll was handed."""
+    handed: list[StepAssignment | None] = []
+    poll = threading.Thread(target=lambda: handed.append(broker.get_step(worker, wait=10)))
+    poll.start()
+    _await(lambda: len(broker._waiters) == 1, "the long poll to wait")
+    dispatch()
+    poll.join(10)
+    if not handed or handed[0] is None:
+        raise RuntimeError("the waiting worker was not handed the dispatched step")
+    return handed[0]
 
 
 def _await(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
